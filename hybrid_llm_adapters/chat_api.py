@@ -1,0 +1,53 @@
+"""Chat requests on top of the engine, shared by every adapter so that the same messages give the same
+text, tool calls and ledger in LangChain and LlamaIndex.
+
+``prepare_chat`` renders messages (and tools) through the SLM's chat template, forcing a tool call when
+``tool_choice`` asks for one; ``finish_chat`` parses the answer into content and tool calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .chat import ParsedToolCall, forced_tool_prefix, parse_tool_calls, render_chat
+from .events import GenerationResult
+
+
+@dataclass
+class PreparedChat:
+    prompt_ids: list[int]
+    forced_prefix: str = ""
+    tools: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ChatOutput:
+    content: str
+    tool_calls: list[ParsedToolCall]
+    result: GenerationResult
+
+    @property
+    def finish_reason(self) -> str:
+        return "tool_calls" if self.tool_calls else self.result.finish_reason
+
+
+def tool_names(tools: list[dict[str, Any]] | None) -> list[str]:
+    return [t.get("function", t)["name"] for t in tools or []]
+
+
+def prepare_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                 tool_choice: str | None = None) -> PreparedChat:
+    """Render a chat request. ``tools`` are OpenAI function schemas ({"type": "function", "function": {...}})."""
+    prefix = forced_tool_prefix(tool_choice, tool_names(tools)) if tools else ""
+    ids = render_chat(tokenizer, messages, tools, assistant_prefix=prefix)
+    return PreparedChat(ids, prefix, list(tools or []))
+
+
+def finish_chat(prepared: PreparedChat, result: GenerationResult) -> ChatOutput:
+    """Content and tool calls of a finished request (tool calls only parsed when tools were offered)."""
+    full = prepared.forced_prefix + result.text
+    if not prepared.tools:
+        return ChatOutput(result.text, [], result)
+    content, calls = parse_tool_calls(full)
+    return ChatOutput(content, calls, result)

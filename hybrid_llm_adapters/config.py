@@ -1,0 +1,136 @@
+"""One typed configuration for every path (engine, CLI, LangChain, LlamaIndex).
+
+Validation raises on contradictions and names the value and the fix, in the spirit of
+transformers' ``GenerationConfig.validate``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from .errors import ConfigError
+
+RouterKind = Literal["reward", "entropy", "max_prob", "local", "cloud"]
+FallbackPolicy = Literal["raise", "local"]
+
+DEFAULT_CLOUD_BASE_URL = "http://127.0.0.1:8765/v1"
+DEFAULT_CLOUD_MODEL = "qwen2.5-coder-1.5b-instruct"
+
+
+class PriceTable(BaseModel):
+    """Prices in USD per million tokens (and per call). Defaults are illustrative, not a real tariff."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_per_mtok: float = Field(0.15, ge=0)
+    cached_input_per_mtok: float = Field(0.075, ge=0)
+    output_per_mtok: float = Field(0.60, ge=0)
+    per_call: float = Field(0.0, ge=0)
+
+
+class GenerationConfig(BaseModel):
+    """Decoding settings for one request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @model_validator(mode="after")
+    def _warn_ignored(self) -> GenerationConfig:
+        if self.greedy and self.top_p != 1.0:
+            warnings.warn(
+                f"top_p={self.top_p} is ignored with temperature=0 (greedy); set temperature>0 to sample.",
+                stacklevel=2,
+            )
+        return self
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, v: object) -> object:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [v]
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, v: list[str]) -> list[str]:
+        if any(s == "" for s in v):
+            raise ConfigError("stop contains an empty string, which would stop at once; remove it.")
+        return v
+
+
+class CloudConfig(BaseModel):
+    """Where the cloud LLM lives and how to talk to it.
+
+    ``api_key`` precedence: the explicit value, then ``HYBRID_LLM_API_KEY``, then ``OPENAI_API_KEY``,
+    then the placeholder ``"EMPTY"`` (what a local vLLM server accepts).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(default_factory=lambda: os.environ.get("HYBRID_LLM_CLOUD_URL", DEFAULT_CLOUD_BASE_URL))
+    model: str = Field(default_factory=lambda: os.environ.get("HYBRID_LLM_CLOUD_MODEL", DEFAULT_CLOUD_MODEL))
+    api_key: SecretStr = Field(
+        default_factory=lambda: SecretStr(
+            os.environ.get("HYBRID_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        ),
+        repr=False,
+    )
+    timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
+    max_retries: int = Field(2, ge=0, description="retries of transient errors (connection, timeout, 429, 5xx)")
+    on_failure: FallbackPolicy = Field(
+        "raise", description="after retries: 'raise' a CloudError (with the partial text) or continue 'local'"
+    )
+    send_token_ids: bool | None = Field(
+        None, description="send prompts as token ids; None = when SLM and cloud share a tokenizer"
+    )
+    logprobs: int = Field(5, ge=0, le=20)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ConfigError(f"cloud base_url={v!r} is not an http(s) URL; use e.g. 'http://127.0.0.1:8765/v1'.")
+        return v.rstrip("/")
+
+
+class RouterConfig(BaseModel):
+    """Which router decides local vs cloud, and its threshold.
+
+    reward: keep the SLM token when its reward score >= threshold.
+    entropy: send to cloud when the SLM's entropy (nats) > threshold.
+    max_prob: send to cloud when the SLM's top probability < threshold.
+    local / cloud: always one side.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: RouterKind = "entropy"
+    threshold: float | None = None
+    reward_head: str | None = Field(None, description="path to a reward head (safetensors) or separate RM folder")
+
+    @model_validator(mode="after")
+    def _check(self) -> RouterConfig:
+        if self.kind in ("reward", "entropy", "max_prob") and self.threshold is None:
+            self.threshold = {"reward": 0.0, "entropy": 1.0, "max_prob": 0.5}[self.kind]
+        if self.kind == "max_prob" and not 0.0 <= (self.threshold or 0.0) <= 1.0:
+            raise ConfigError(f"max_prob threshold={self.threshold} must lie in [0, 1]; it is a probability.")
+        if self.kind == "entropy" and (self.threshold or 0.0) < 0:
+            raise ConfigError(f"entropy threshold={self.threshold} must be >= 0 (nats).")
+        if self.kind in ("local", "cloud") and self.threshold is not None:
+            warnings.warn(f"threshold={self.threshold} is ignored by the '{self.kind}' router.", stacklevel=2)
+        return self

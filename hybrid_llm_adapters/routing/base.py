@@ -1,0 +1,54 @@
+"""The router contract, in the spirit of transformers' LogitsProcessor: small, one job, pluggable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class RouterStep:
+    """What a router may look at for one candidate.
+
+    ``logits`` are the SLM's raw next-token logits at the candidate's position. ``hidden`` is the SLM's last
+    hidden state of the candidate itself (only computed when ``Router.needs_hidden``), ``ids`` the sequence
+    including the candidate.
+    """
+
+    logits: torch.Tensor
+    candidate_id: int
+    ids: list[int]
+    hidden: torch.Tensor | None = None
+    scorer_state: Any = None
+
+
+class Router:
+    """Decides local vs cloud for one SLM candidate.
+
+    ``needs_slm``: False when the SLM's candidate is never looked at (always-cloud), so the engine skips the
+    SLM's forward pass. ``needs_hidden``: the score needs the candidate fed through the SLM first; the engine
+    then rolls the cache back one token when the cloud replaces it.
+    """
+
+    needs_slm: bool = True
+    needs_hidden: bool = False
+    name: str = "router"
+    threshold: float | None = None
+
+    def score(self, step: RouterStep) -> float | None:
+        return None
+
+    def use_cloud(self, score: float | None, step: RouterStep) -> bool:
+        raise NotImplementedError
+
+    def new_scorer_state(self) -> Any:
+        """Per-request state for scorers that keep their own cache (a separate reward model)."""
+        return None
+
+    def update(self, used_cloud: bool, accepted: bool) -> None:
+        """Feedback hook for adaptive routers; no-op by default."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"router": self.name, "threshold": self.threshold}

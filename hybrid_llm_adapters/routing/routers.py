@@ -1,0 +1,118 @@
+"""The built-in routers: reward threshold, SLM uncertainty (entropy, max-probability), always-X."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import RouterConfig
+from ..errors import ConfigError
+from ..local.reward import LinearRewardHead, SeparateRewardModel
+from .base import Router, RouterStep
+
+
+class AlwaysLocalRouter(Router):
+    name = "local"
+
+    def use_cloud(self, score: float | None, step: RouterStep) -> bool:
+        return False
+
+
+class AlwaysCloudRouter(Router):
+    name = "cloud"
+    needs_slm = False
+
+    def use_cloud(self, score: float | None, step: RouterStep) -> bool:
+        return True
+
+
+class EntropyRouter(Router):
+    """Cloud when the SLM's predictive entropy (nats, at temperature 1) exceeds the threshold."""
+
+    name = "entropy"
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def score(self, step: RouterStep) -> float:
+        logp = torch.log_softmax(step.logits.float(), dim=-1)
+        return float(-(logp.exp() * logp).sum())
+
+    def use_cloud(self, score: float | None, step: RouterStep) -> bool:
+        return score is not None and score > self.threshold  # type: ignore[operator]
+
+
+class MaxProbRouter(Router):
+    """Cloud when the SLM's top probability falls below the threshold."""
+
+    name = "max_prob"
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def score(self, step: RouterStep) -> float:
+        return float(torch.softmax(step.logits.float(), dim=-1).max())
+
+    def use_cloud(self, score: float | None, step: RouterStep) -> bool:
+        return score is not None and score < self.threshold  # type: ignore[operator]
+
+
+class RewardRouter(Router):
+    """The reward paper's rule: keep the SLM token when reward >= threshold, else the cloud supplies it."""
+
+    name = "reward"
+
+    def __init__(self, scorer: LinearRewardHead | SeparateRewardModel, threshold: float):
+        self.scorer = scorer
+        self.threshold = threshold
+        self.needs_hidden = isinstance(scorer, LinearRewardHead)
+
+    def new_scorer_state(self) -> Any:
+        return self.scorer.new_state() if isinstance(self.scorer, SeparateRewardModel) else None
+
+    def score(self, step: RouterStep) -> float:
+        if isinstance(self.scorer, LinearRewardHead):
+            assert step.hidden is not None
+            return self.scorer.score_hidden(step.hidden)
+        return step.scorer_state.score(step.ids)
+
+    def use_cloud(self, score: float | None, step: RouterStep) -> bool:
+        return score is not None and score < self.threshold  # type: ignore[operator]
+
+
+def load_reward_scorer(path: str | Path, tokenizer: object, hidden_size: int) -> LinearRewardHead | SeparateRewardModel:
+    path = Path(path)
+    if path.is_dir():
+        return SeparateRewardModel(path, tokenizer)
+    if path.suffix == ".safetensors" and path.exists():
+        return LinearRewardHead.load(path, tokenizer, hidden_size)
+    raise ConfigError(
+        f"reward_head={str(path)!r} is neither a .safetensors head file nor a reward-model folder; "
+        "pass the file written by `hybrid-llm train-reward`, or leave it unset for the shipped default head."
+    )
+
+
+def build_router(config: RouterConfig, tokenizer: object, hidden_size: int) -> Router:
+    """Make the router a ``RouterConfig`` describes."""
+    if config.kind == "local":
+        return AlwaysLocalRouter()
+    if config.kind == "cloud":
+        return AlwaysCloudRouter()
+    assert config.threshold is not None
+    if config.kind == "entropy":
+        return EntropyRouter(config.threshold)
+    if config.kind == "max_prob":
+        return MaxProbRouter(config.threshold)
+    if config.reward_head is None:
+        from ..assets import default_reward_head_path
+
+        head_path = default_reward_head_path()
+        if head_path is None:
+            raise ConfigError(
+                "router kind 'reward' needs reward_head=<path>: no trained head ships for this model pair yet. "
+                "Train one with `hybrid-llm train-reward`, or use kind='entropy'."
+            )
+        return RewardRouter(load_reward_scorer(head_path, tokenizer, hidden_size), config.threshold)
+    return RewardRouter(load_reward_scorer(config.reward_head, tokenizer, hidden_size), config.threshold)

@@ -1,0 +1,93 @@
+"""Test doubles for the cloud, used only where a real server cannot show the behaviour.
+
+``TransformersCloud`` answers next-token requests from a local transformers model (for fast mechanics tests
+on tiny models); ``FaultyServer`` is an HTTP server that fails (500) or hangs, to test retries, timeouts and
+fallback against the real openai SDK client.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import torch
+
+from hybrid_llm_adapters.cloud.client import CallUsage, CloudToken
+from hybrid_llm_adapters.config import CloudConfig, GenerationConfig
+from hybrid_llm_adapters.local.sampling import choose
+from hybrid_llm_adapters.local.slm import LocalModel
+
+
+class TransformersCloud:
+    """A cloud that computes its token with a local model; same interface as ``CloudClient``."""
+
+    def __init__(self, local: LocalModel, shared_tokenizer: bool = True):
+        self.local = local
+        self.config = CloudConfig(base_url="http://test.invalid/v1", model="tiny-cloud")
+        self.shared = shared_tokenizer
+        self.calls: list[Any] = []
+
+    def shares_tokenizer(self, tokenizer: Any) -> bool:
+        return self.shared
+
+    def next_token(self, prompt: list[int] | str, gen: GenerationConfig, seed: int | None = None) -> CloudToken:
+        ids = prompt if isinstance(prompt, list) else self.local.tokenizer.encode(prompt, add_special_tokens=False)
+        self.calls.append(prompt)
+        with torch.inference_mode():
+            logits = self.local.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        rng = torch.Generator().manual_seed(seed) if seed is not None else None
+        token = choose(logits, gen, rng)
+        text = self.local.tokenizer.decode([token], skip_special_tokens=True)
+        eos = token in self.local.eos_token_ids
+        return CloudToken(
+            text=text,
+            token_id=token if self.shared else None,
+            finish_reason="stop" if eos else "length",
+            usage=CallUsage(prompt_tokens=len(ids), completion_tokens=1),
+        )
+
+
+class FaultyServer:
+    """An OpenAI-compatible endpoint that answers 500 (``mode='error'``) or never answers (``'hang'``)."""
+
+    def __init__(self, mode: str = "error", hang_s: float = 30.0):
+        self.mode = mode
+        self.requests = 0
+        self.auth_headers: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                outer.requests += 1
+                outer.auth_headers.append(self.headers.get("Authorization", ""))
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if outer.mode == "hang":
+                    time.sleep(hang_s)
+                body = json.dumps({"error": {"message": "boom", "type": "server_error"}}).encode()
+                self.send_response(500)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> FaultyServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
