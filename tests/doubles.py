@@ -55,13 +55,13 @@ class FaultyServer:
 
     def __init__(self, mode: str = "error", hang_s: float = 30.0):
         self.mode = mode
-        self.requests = 0
+        self.requests = 0  # /v1/completions requests (the tokenizer probe is not counted)
         self.auth_headers: list[str] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
-                outer.requests += 1
+                outer.requests += self.path.endswith("/completions")
                 outer.auth_headers.append(self.headers.get("Authorization", ""))
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if outer.mode == "hang":

@@ -38,7 +38,7 @@ def prompt_ids() -> list[int]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir(DEFAULT_CLOUD))
-    return list(tok("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n")["input_ids"])
+    return list(tok('def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n')["input_ids"])
 
 
 def _complete(status: ServerStatus, **body: object) -> dict:

@@ -1,0 +1,205 @@
+"""The ``hybrid-llm`` command: models, the local cloud server, chat, and the reward-model pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .accounting import UsageLedger
+from .config import CloudConfig, GenerationConfig, PriceTable, RouterConfig
+from .errors import HybridLLMError
+
+SOURCE_STYLE = {"local": "green", "cloud": "bold magenta", "fallback": "yellow"}
+console = Console()
+err = Console(stderr=True)
+
+
+def ledger_table(ledger: UsageLedger, title: str = "usage ledger") -> Table:
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for key, value in ledger.model_dump().items():
+        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    return table
+
+
+def _engine_config(args: argparse.Namespace) -> Any:
+    from .engine import EngineConfig
+
+    router = RouterConfig(kind=args.router, threshold=args.threshold, reward_head=args.reward_head)
+    cloud_kwargs: dict[str, Any] = {"on_failure": args.on_failure, "timeout": args.timeout}
+    if args.cloud_url:
+        cloud_kwargs["base_url"] = args.cloud_url
+    if args.cloud_model:
+        cloud_kwargs["model"] = args.cloud_model
+    return EngineConfig(slm=args.slm, router=router, cloud=CloudConfig(**cloud_kwargs), prices=PriceTable())
+
+
+def _chat_once(engine: Any, messages: list[dict[str, Any]], gen: GenerationConfig, show_scores: bool) -> str:
+    from .chat_api import finish_chat, prepare_chat
+
+    prepared = prepare_chat(engine.tokenizer, messages)
+    stream = engine.stream(prepared.prompt_ids, gen)
+    for event in stream:
+        piece = Text(event.text, style=SOURCE_STYLE[event.source])
+        console.print(piece, end="", soft_wrap=True, highlight=False)
+        if show_scores and event.score is not None:
+            console.print(Text(f"[{event.score:.2f}]", style="dim"), end="")
+    console.print()
+    result = stream.result
+    out = finish_chat(prepared, result)
+    legend = Text("  ").join(Text(k, style=v) for k, v in SOURCE_STYLE.items())
+    console.print(Text("token source: ") + legend, f"  finish: {out.finish_reason}")
+    console.print(ledger_table(result.ledger))
+    return out.content
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .engine import get_engine
+
+    config = _engine_config(args)
+    if args.start_cloud and config.router.kind != "local":
+        from .cloud.server import VLLMServerConfig, start_server
+
+        status = start_server(VLLMServerConfig())
+        config.cloud.base_url = status.base_url
+    engine = get_engine(config)
+    gen = GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                           seed=args.seed, stop=args.stop or [])
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    if args.prompt:
+        _chat_once(engine, system + [{"role": "user", "content": args.prompt}], gen, args.scores)
+        return 0
+    history: list[dict[str, Any]] = list(system)
+    console.print("[dim]interactive hybrid chat: empty line or Ctrl-D to quit[/dim]")
+    while True:
+        try:
+            line = console.input("[bold]you> [/bold]")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        history.append({"role": "user", "content": line})
+        answer = _chat_once(engine, history, gen, args.scores)
+        history.append({"role": "assistant", "content": answer})
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import CATALOG, DEFAULT_CLOUD, DEFAULT_SLM, install_model, is_installed, model_dir
+
+    if args.action == "list":
+        table = Table("name", "role", "installed", "folder", "description")
+        for entry in CATALOG.values():
+            table.add_row(entry.name, entry.role, "yes" if is_installed(entry) else "no", str(model_dir(entry)),
+                          entry.description)
+        console.print(table)
+        return 0
+    names = args.names or [DEFAULT_SLM, DEFAULT_CLOUD]
+    for name in names:
+        path = install_model(name, progress=True)
+        console.print(f"[green]installed[/green] {name} -> {path}")
+    return 0
+
+
+def cmd_cloud(args: argparse.Namespace) -> int:
+    from .cloud.server import VLLMServerConfig, server_status, start_server, stop_server
+
+    if args.action == "start":
+        config = VLLMServerConfig(model=args.model, port=args.port, max_model_len=args.max_model_len,
+                                  kv_cache_gib=args.kv_cache_gib)
+        status = start_server(config)
+        console.print(f"[green]cloud up[/green] {status.base_url} serving {status.served_models}")
+    elif args.action == "stop":
+        stopped = stop_server(args.port)
+        console.print("stopped" if stopped else f"nothing of ours was running on port {args.port}")
+    else:
+        status = server_status(args.port)
+        console.print_json(status.model_dump_json())
+        return 0 if status.running else 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: default models, local cloud, one hybrid chat with provenance and cost."""
+    from .models import install_default_models
+
+    install_default_models(progress=True)
+    args.start_cloud = True
+    return cmd_chat(args)
+
+
+def _add_chat_args(p: argparse.ArgumentParser, default_prompt: str | None = None) -> None:
+    p.add_argument("prompt", nargs="?", default=default_prompt, help="one prompt; omit for interactive chat")
+    p.add_argument("--slm", default="qwen2.5-coder-0.5b-instruct", help="catalog name, folder or HF id")
+    p.add_argument("--router", default="entropy", choices=["entropy", "max_prob", "reward", "local", "cloud"])
+    p.add_argument("--threshold", type=float, default=None, help="router threshold (router-specific units)")
+    p.add_argument("--reward-head", default=None, help="reward head .safetensors or reward-model folder")
+    p.add_argument("--cloud-url", default=None, help="OpenAI-compatible base URL (default: local vLLM)")
+    p.add_argument("--cloud-model", default=None)
+    p.add_argument("--start-cloud", action="store_true", help="start the local vLLM cloud first")
+    p.add_argument("--on-failure", default="local", choices=["raise", "local"])
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append")
+    p.add_argument("--system", default=None)
+    p.add_argument("--scores", action="store_true", help="print each token's router score")
+
+
+DEMO_PROMPT = (
+    "A baker makes 24 muffins, sells 3/4 of them, then bakes 10 more. How many muffins does she have? "
+    "Answer briefly."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hybrid-llm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    chat = sub.add_parser("chat", help="hybrid chat with per-token provenance and the cost ledger")
+    _add_chat_args(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    demo = sub.add_parser("demo", help="install the default models, start the local cloud, run one chat")
+    _add_chat_args(demo, DEMO_PROMPT)
+    demo.set_defaults(func=cmd_demo)
+
+    models = sub.add_parser("models", help="install / list the offline, sha256-verified models")
+    models.add_argument("action", choices=["install", "list"])
+    models.add_argument("names", nargs="*", help="catalog names (default: the default SLM and cloud)")
+    models.set_defaults(func=cmd_models)
+
+    cloud = sub.add_parser("cloud", help="the local vLLM server standing in for the cloud")
+    cloud.add_argument("action", choices=["start", "stop", "status"])
+    cloud.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
+    cloud.add_argument("--port", type=int, default=8765)
+    cloud.add_argument("--max-model-len", type=int, default=4096)
+    cloud.add_argument("--kv-cache-gib", type=int, default=4)
+    cloud.set_defaults(func=cmd_cloud)
+
+    from .training.cli import add_training_commands
+
+    add_training_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except HybridLLMError as e:
+        err.print(f"[bold red]error:[/bold red] {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reward-model pipeline: data synthesis, chunking, training, threshold calibration."""
