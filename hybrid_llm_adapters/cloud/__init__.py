@@ -1,0 +1,1 @@
+"""OpenAI-compatible cloud side: the client (client.py) and the local vLLM server (server.py)."""
