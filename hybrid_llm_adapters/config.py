@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from .errors import ConfigError
 
-RouterKind = Literal["reward", "entropy", "max_prob", "local", "cloud"]
+RouterKind = Literal["reward", "entropy", "max_prob", "perturbation", "local", "cloud"]
+CloudMode = Literal["replace", "verify", "block_verify", "lookahead", "auto"]
 FallbackPolicy = Literal["raise", "local"]
 
 DEFAULT_CLOUD_BASE_URL = "http://127.0.0.1:8765/v1"
@@ -42,6 +43,15 @@ class GenerationConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int | None = None
     stop: list[str] = Field(default_factory=list)
+    cloud_mode: CloudMode = Field(
+        "replace",
+        description="replace: the cloud supplies the token (reward paper); verify: the cloud accepts or "
+        "corrects the SLM's draft; block_verify: k drafts checked in one echo call; lookahead: one call "
+        "returns several cloud tokens; auto: the best mode the endpoint supports",
+    )
+    draft_tokens: int = Field(4, ge=1, le=64, description="block_verify: first block size (then adaptive)")
+    max_draft_tokens: int = Field(16, ge=1, le=64)
+    max_lookahead: int = Field(8, ge=1, le=64, description="lookahead: most cloud tokens per call")
 
     @property
     def greedy(self) -> bool:
@@ -53,6 +63,15 @@ class GenerationConfig(BaseModel):
             warnings.warn(
                 f"top_p={self.top_p} is ignored with temperature=0 (greedy); set temperature>0 to sample.",
                 stacklevel=2,
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _draft_bounds(self) -> GenerationConfig:
+        if self.draft_tokens > self.max_draft_tokens:
+            raise ConfigError(
+                f"draft_tokens={self.draft_tokens} exceeds max_draft_tokens={self.max_draft_tokens}; "
+                "raise max_draft_tokens or lower draft_tokens."
             )
         return self
 
@@ -121,16 +140,26 @@ class RouterConfig(BaseModel):
 
     kind: RouterKind = "entropy"
     threshold: float | None = None
+    target_activation: float | None = Field(
+        None, gt=0, lt=1, description="hold this cloud-token fraction per request with a dynamic threshold"
+    )
+    max_cost_usd: float | None = Field(None, gt=0, description="per-request cloud budget (dynamic threshold)")
     reward_head: str | None = Field(None, description="path to a reward head (safetensors) or separate RM folder")
 
     @model_validator(mode="after")
     def _check(self) -> RouterConfig:
-        if self.kind in ("reward", "entropy", "max_prob") and self.threshold is None:
-            self.threshold = {"reward": 0.0, "entropy": 1.0, "max_prob": 0.5}[self.kind]
+        if self.kind in ("reward", "entropy", "max_prob", "perturbation") and self.threshold is None:
+            self.threshold = {"reward": 0.0, "entropy": 1.0, "max_prob": 0.5, "perturbation": 0.2}[self.kind]
+        if self.kind == "perturbation" and not 0.0 <= (self.threshold or 0.0) <= 1.0:
+            raise ConfigError(f"perturbation threshold={self.threshold} must lie in [0, 1]; it is a disagreement rate.")
         if self.kind == "max_prob" and not 0.0 <= (self.threshold or 0.0) <= 1.0:
             raise ConfigError(f"max_prob threshold={self.threshold} must lie in [0, 1]; it is a probability.")
         if self.kind == "entropy" and (self.threshold or 0.0) < 0:
             raise ConfigError(f"entropy threshold={self.threshold} must be >= 0 (nats).")
+        if self.kind in ("local", "cloud") and (self.target_activation or self.max_cost_usd):
+            raise ConfigError(
+                f"target_activation / max_cost_usd need a scoring router, not '{self.kind}'; use e.g. 'entropy'."
+            )
         if self.kind in ("local", "cloud") and self.threshold is not None:
             warnings.warn(f"threshold={self.threshold} is ignored by the '{self.kind}' router.", stacklevel=2)
         return self

@@ -8,23 +8,18 @@ a candidate fed for a trunk reward score is rolled back by one token when the cl
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .accounting import UsageLedger, call_cost, cloud_only_cost
 from .chat import render_chat
-from .cloud.client import CloudClient, CloudToken
+from .cloud.client import CloudClient
 from .config import CloudConfig, GenerationConfig, PriceTable, RouterConfig
-from .errors import CloudError, ConfigError
-from .events import FinishReason, GenerationResult, TokenEvent, TokenSource
-from .local.sampling import choose
-from .local.slm import LocalModel, SLMState, load_local_model
-from .routing import Router, RouterStep, build_router
-from .stopping import find_stop, releasable_length
+from .errors import ConfigError
+from .events import GenerationResult, TokenEvent
+from .local.slm import LocalModel, load_local_model
+from .routing import Router, build_router
 
 
 class EngineConfig(BaseModel):
@@ -133,165 +128,11 @@ class HybridEngine:
         generation._events = self._decode(prompt_ids, config, router or self.router, generation)
         return generation
 
-    # -- the loop -------------------------------------------------------------------------------------
-
     def _decode(self, prompt_ids: list[int], gen: GenerationConfig, router: Router,
                 out: Generation) -> Iterator[TokenEvent]:
-        state = self.local.new_state(prompt_ids)
-        n_prompt = len(prompt_ids)
-        eos = self.local.eos_token_ids
-        rng = torch.Generator().manual_seed(gen.seed) if gen.seed is not None else None
-        scorer_state = router.new_scorer_state()
-        use_ids = self.cloud.shares_tokenizer(self.tokenizer) if self.cloud is not None else True
-        ledger = UsageLedger(requests=1, prompt_tokens=n_prompt)
-        events: list[TokenEvent] = []
-        text = ""
-        released = 0
-        cloud_down = False
-        finish: FinishReason = "length"
+        from .decoding import RequestDecoder
 
-        for step in range(gen.max_new_tokens):
-            t0 = time.perf_counter()
-            candidate: int | None = None
-            score: float | None = None
-            fed = False
-            want_cloud = True
-            if router.needs_slm:
-                logits, _ = state.forward()
-                candidate = choose(logits, gen, rng)
-                hidden = None
-                if router.needs_hidden:
-                    state.append(candidate)
-                    fed = True
-                    _, hidden = state.forward(need_hidden=True)
-                ids_with_candidate = state.ids if fed else state.ids + [candidate]
-                rstep = RouterStep(logits, candidate, ids_with_candidate, hidden, scorer_state)
-                score = router.score(rstep)
-                want_cloud = router.use_cloud(score, rstep)
-            local_s = time.perf_counter() - t0
-            source: TokenSource = "local"
-            new_ids: list[int]
-            cloud_s = 0.0
-
-            if want_cloud and not cloud_down:
-                prefix_len = len(state.ids) - (1 if fed else 0)
-                try:
-                    reply = self._ask_cloud(state, prefix_len, n_prompt, use_ids, gen, step)
-                except CloudError as e:
-                    ledger.failed_cloud_calls += 1
-                    if self.cloud is None or self.cloud.config.on_failure == "raise":
-                        raise CloudError(str(e), partial_text=text,
-                                         partial_token_ids=state.ids[n_prompt:prefix_len]) from e
-                    cloud_down = True  # no more round trips that would each time out
-                    reply = None
-                if reply is not None:
-                    cloud_s = reply.latency_s
-                    ledger.cloud_calls += 1
-                    ledger.billed_prompt_tokens += reply.usage.prompt_tokens
-                    ledger.billed_completion_tokens += reply.usage.completion_tokens
-                    ledger.cached_prompt_tokens += reply.usage.cached_tokens
-                    ledger.cost_usd += call_cost(self.prices, reply.usage.prompt_tokens,
-                                                 reply.usage.completion_tokens, reply.usage.cached_tokens)
-                    ledger.cloud_seconds += cloud_s
-                    agrees = fed and use_ids and reply.token_id == candidate
-                    if fed and not agrees:
-                        state.truncate(prefix_len)  # the one-token rollback
-                    new_ids = [candidate] if agrees else self._cloud_ids(reply, state, n_prompt, use_ids)
-                    if not new_ids or new_ids[-1] in eos:
-                        if agrees:
-                            state.truncate(prefix_len)
-                        finish = "stop"
-                        ledger.local_seconds += local_s
-                        router.update(True, False)
-                        break
-                    if not agrees:
-                        state.append(new_ids)
-                    source = "cloud"
-                    router.update(True, candidate == new_ids[0])
-            if source != "cloud":
-                if candidate is None:  # always-cloud router with the cloud down: ask the SLM now
-                    logits, _ = state.forward()
-                    candidate = choose(logits, gen, rng)
-                if want_cloud:
-                    source = "fallback"
-                if candidate in eos:
-                    if fed:
-                        state.truncate(len(state.ids) - 1)
-                    finish = "stop"
-                    ledger.local_seconds += time.perf_counter() - t0 - cloud_s
-                    break
-                if not fed:
-                    state.append(candidate)
-                new_ids = [candidate]
-                router.update(False, True)
-
-            ledger.local_seconds += time.perf_counter() - t0 - cloud_s
-            if source == "cloud":
-                ledger.cloud_tokens += 1
-            else:
-                ledger.local_tokens += 1
-                ledger.fallback_tokens += source == "fallback"
-
-            text = self.tokenizer.decode(state.ids[n_prompt:], skip_special_tokens=True)
-            stop_at = find_stop(text, gen.stop, max(0, released - max((len(s) for s in gen.stop), default=0)))
-            if stop_at is not None:
-                text = text[:stop_at]
-                finish = "stop"
-            release_to = len(text) if stop_at is not None else releasable_length(text, gen.stop)
-            piece = text[released:release_to] if release_to > released else ""
-            released = max(released, release_to)
-            event = TokenEvent(piece, new_ids[-1], source, score, time.perf_counter() - t0, candidate)
-            events.append(event)
-            yield event
-            if stop_at is not None:
-                break
-
-        if released < len(text):  # release what was held back for a possible stop sequence
-            last = events[-1]
-            tail = TokenEvent(text[released:], last.token_id, last.source, None, 0.0)
-            events.append(tail)
-            yield tail
-        ledger.cloud_only_cost_usd = cloud_only_cost(self.prices, n_prompt, ledger.generated_tokens)
-        out.result = GenerationResult(
-            text=text,
-            token_ids=state.ids[n_prompt:],
-            events=events,
-            ledger=ledger,
-            finish_reason=finish,
-            prompt_token_ids=list(prompt_ids),
-        )
-
-    def _ask_cloud(self, state: SLMState, prefix_len: int, n_prompt: int, use_ids: bool,
-                   gen: GenerationConfig, step: int) -> CloudToken:
-        assert self.cloud is not None
-        prefix = state.ids[:prefix_len]
-        prompt: list[int] | str = prefix if use_ids else self.tokenizer.decode(prefix, skip_special_tokens=False)
-        seed = gen.seed + step if gen.seed is not None else None
-        return self.cloud.next_token(prompt, gen, seed)
-
-    def _cloud_ids(self, reply: CloudToken, state: SLMState, n_prompt: int, use_ids: bool) -> list[int]:
-        """SLM token ids for the cloud's reply; [] or [eos] means the cloud ended the answer.
-
-        Text hand-over (different tokenizers): the generated text plus the cloud's piece is re-tokenized,
-        the SLM's ids are rolled back to the common prefix, and the differing tail is returned.
-        """
-        eos = self.local.eos_token_ids
-        if use_ids and reply.token_id is not None:
-            return [reply.token_id]
-        if reply.finish_reason == "stop" and not reply.text:
-            return [next(iter(eos))] if eos else []
-        if not reply.text:
-            return []
-        generated = state.ids[n_prompt:]
-        old_text = self.tokenizer.decode(generated, skip_special_tokens=False)
-        new_ids = self.tokenizer.encode(old_text + reply.text, add_special_tokens=False)
-        common = 0
-        for a, b in zip(generated, new_ids):
-            if a != b:
-                break
-            common += 1
-        state.truncate(n_prompt + common)
-        return new_ids[common:]
+        return RequestDecoder(self, prompt_ids, gen, router).run(out)
 
 
 _ENGINES: dict[str, HybridEngine] = {}

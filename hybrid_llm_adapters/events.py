@@ -7,7 +7,9 @@ from typing import Literal
 
 from .accounting import UsageLedger
 
-TokenSource = Literal["local", "cloud", "fallback"]
+TokenSource = Literal["local", "verified", "cloud", "fallback"]
+"""local: the SLM's token, unchecked; verified: the SLM's draft, accepted by the cloud; cloud: supplied by the
+cloud (a replacement, a correction or a bonus token); fallback: the SLM's token because the cloud failed."""
 FinishReason = Literal["stop", "length"]
 
 

@@ -15,39 +15,72 @@ from typing import Any
 
 import torch
 
-from hybrid_llm_adapters.cloud.client import CallUsage, CloudToken
+from hybrid_llm_adapters.cloud.client import BlockScore, CallUsage, CloudReply, CloudToken, EndpointCapabilities
 from hybrid_llm_adapters.config import CloudConfig, GenerationConfig
 from hybrid_llm_adapters.local.sampling import choose
 from hybrid_llm_adapters.local.slm import LocalModel
 
 
 class TransformersCloud:
-    """A cloud that computes its token with a local model; same interface as ``CloudClient``."""
+    """A cloud that computes its tokens with a local model; same interface as ``CloudClient``."""
 
-    def __init__(self, local: LocalModel, shared_tokenizer: bool = True):
+    def __init__(self, local: LocalModel, shared_tokenizer: bool = True, echo: bool = True):
         self.local = local
         self.config = CloudConfig(base_url="http://test.invalid/v1", model="tiny-cloud")
         self.shared = shared_tokenizer
+        self.capabilities = EndpointCapabilities(shared_tokenizer=shared_tokenizer, echo_logprobs=echo,
+                                                 max_logprobs=20)
         self.calls: list[Any] = []
 
     def shares_tokenizer(self, tokenizer: Any) -> bool:
         return self.shared
 
-    def next_token(self, prompt: list[int] | str, gen: GenerationConfig, seed: int | None = None) -> CloudToken:
-        ids = prompt if isinstance(prompt, list) else self.local.tokenizer.encode(prompt, add_special_tokens=False)
+    def probe(self, tokenizer: Any) -> EndpointCapabilities:
+        return self.capabilities
+
+    def _ids(self, prompt: list[int] | str) -> list[int]:
+        return prompt if isinstance(prompt, list) else self.local.tokenizer.encode(prompt, add_special_tokens=False)
+
+    def _top(self, logits: torch.Tensor, k: int) -> dict[int, float]:
+        top = torch.topk(torch.log_softmax(logits, -1), k)
+        return {int(i): float(v) for i, v in zip(top.indices, top.values)}
+
+    def next_token(self, prompt: list[int] | str, gen: GenerationConfig, seed: int | None = None,
+                   logprobs: int | None = None) -> CloudReply:
+        return self.next_tokens(prompt, gen, 1, seed, logprobs)
+
+    def next_tokens(self, prompt: list[int] | str, gen: GenerationConfig, n: int, seed: int | None = None,
+                    logprobs: int | None = None) -> CloudReply:
+        ids = list(self._ids(prompt))
         self.calls.append(prompt)
-        with torch.inference_mode():
-            logits = self.local.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
         rng = torch.Generator().manual_seed(seed) if seed is not None else None
-        token = choose(logits, gen, rng)
-        text = self.local.tokenizer.decode([token], skip_special_tokens=True)
-        eos = token in self.local.eos_token_ids
-        return CloudToken(
-            text=text,
-            token_id=token if self.shared else None,
-            finish_reason="stop" if eos else "length",
-            usage=CallUsage(prompt_tokens=len(ids), completion_tokens=1),
-        )
+        tokens: list[CloudToken] = []
+        finish = "length"
+        for _ in range(n):
+            with torch.inference_mode():
+                logits = self.local.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            token = choose(logits, gen, rng)
+            tokens.append(CloudToken(self.local.tokenizer.decode([token], skip_special_tokens=True),
+                                     token if self.shared else None, None, self._top(logits, logprobs or 5)))
+            ids.append(token)
+            if token in self.local.eos_token_ids:
+                finish = "stop"
+                break
+        text = "".join(t.text for t in tokens)
+        usage = CallUsage(prompt_tokens=len(self._ids(prompt)), completion_tokens=len(tokens))
+        return CloudReply(tokens, usage, 0.0, finish, text)
+
+    def score_block(self, prefix: list[int], drafts: list[int], gen: GenerationConfig, seed: int | None = None,
+                    logprobs: int | None = None) -> BlockScore:
+        self.calls.append(prefix + drafts)
+        with torch.inference_mode():
+            logits = self.local.model(input_ids=torch.tensor([prefix + drafts])).logits[0].float()
+        n = len(prefix)
+        positions = [self._top(logits[n - 1 + j], logprobs or 5) for j in range(len(drafts))]
+        rng = torch.Generator().manual_seed(seed) if seed is not None else None
+        bonus = choose(logits[-1], gen, rng)
+        usage = CallUsage(prompt_tokens=n + len(drafts), completion_tokens=1)
+        return BlockScore(positions, CloudToken("", bonus, "length", self._top(logits[-1], 5)), usage, 0.0)
 
 
 class FaultyServer:

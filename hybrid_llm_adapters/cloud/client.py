@@ -1,21 +1,29 @@
 """OpenAI-compatible cloud client for token-level assistance.
 
-One call asks ``/v1/completions`` for the next token (``max_tokens=1`` with ``logprobs``). The prompt is a
-list of token ids when SLM and cloud share a tokenizer, else text. Transient errors (connection, timeout,
-429, 5xx) are retried with tenacity and re-raised at the end as ``CloudError``; the engine then raises or
-continues locally. The openai SDK's own retries are off so that one policy governs.
+Three request shapes, all on ``/v1/completions``:
+
+- next tokens: ``max_tokens=m`` (1 for the reward paper's rule, m for lookahead) with ``logprobs``;
+- block scoring: ``echo=True`` + ``logprobs`` + ``max_tokens=1`` on prefix + k drafted tokens, which returns
+  the cloud's distribution at every drafted position and one bonus token in a single round trip;
+- the capability probe, run once per endpoint (token-id prompts, token ids in responses, echo alignment,
+  the largest ``logprobs``, whether the endpoint tokenizes like the SLM).
+
+The prompt is a list of token ids when SLM and cloud share a tokenizer, else text. Transient errors
+(connection, timeout, 429, 5xx) are retried with tenacity and re-raised at the end as ``CloudError``; the
+engine then raises or continues locally. The openai SDK's own retries are off so that one policy governs.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import openai
-from tenacity import RetryError, retry_if_exception_type, stop_after_attempt, wait_exponential, Retrying
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ..config import CloudConfig, GenerationConfig
 from ..errors import CloudError
@@ -29,6 +37,7 @@ TRANSIENT_ERRORS = (
 )
 
 TOKEN_ID_PREFIX = "token_id:"
+PROBE_TEXT = "def f(x):\n    return x  # héllo 你好"
 
 
 @dataclass(frozen=True)
@@ -42,15 +51,39 @@ class CallUsage:
 
 @dataclass
 class CloudToken:
-    """The cloud's answer for one position."""
+    """One token the cloud produced, with its top-k alternatives (keyed by token id when known)."""
 
     text: str
     token_id: int | None
     finish_reason: str | None
-    top_logprobs: dict[str, float] = field(default_factory=dict)
+    top_logprobs: dict[int, float] = field(default_factory=dict)
     logprob: float | None = None
+
+
+@dataclass
+class CloudReply:
+    """One call's answer: the tokens, what it billed, and how long it took."""
+
+    tokens: list[CloudToken]
     usage: CallUsage = field(default_factory=CallUsage)
     latency_s: float = 0.0
+    finish_reason: str | None = None
+    text: str = ""
+
+    @property
+    def first(self) -> CloudToken:
+        return self.tokens[0] if self.tokens else CloudToken("", None, self.finish_reason)
+
+
+@dataclass
+class BlockScore:
+    """The cloud's view of k drafted tokens: its top-k logprobs at each drafted position, plus the token it
+    generates after the whole block (the 'bonus')."""
+
+    positions: list[dict[int, float]]
+    bonus: CloudToken
+    usage: CallUsage
+    latency_s: float
 
 
 @dataclass
@@ -58,15 +91,29 @@ class EndpointCapabilities:
     """What an endpoint was found to support; probed lazily, once per client."""
 
     token_ids_in_response: bool = True  # vLLM's return_tokens_as_token_ids
-    shared_tokenizer: bool | None = None
+    remote_probe_ids: list[int] | None = None  # the endpoint's tokenization of PROBE_TEXT ([] = unknown)
+    shared_tokenizer: bool | None = None  # for the SLM most recently checked
+    echo_logprobs: bool | None = None  # echo + logprobs returns correctly aligned prompt logprobs
+    max_logprobs: int | None = None
+
+    def best_mode(self) -> str:
+        """The cheapest lossless mode this endpoint allows: block verification when echo works."""
+        if self.shared_tokenizer and self.token_ids_in_response and self.echo_logprobs:
+            return "block_verify"
+        return "replace"
+
+
+_PROBES: dict[tuple[str, str], EndpointCapabilities] = {}
+_PROBES_LOCK = threading.Lock()
 
 
 class CloudClient:
-    """Next-token requests to one OpenAI-compatible endpoint."""
+    """Requests to one OpenAI-compatible endpoint."""
 
     def __init__(self, config: CloudConfig):
         self.config = config
-        self.capabilities = EndpointCapabilities()
+        with _PROBES_LOCK:
+            self.capabilities = _PROBES.setdefault((config.base_url, config.model), EndpointCapabilities())
         self._client = openai.OpenAI(
             base_url=config.base_url,
             api_key=config.api_key.get_secret_value(),
@@ -78,45 +125,121 @@ class CloudClient:
     def __repr__(self) -> str:  # never show the key
         return f"CloudClient(base_url={self.config.base_url!r}, model={self.config.model!r})"
 
-    def shares_tokenizer(self, tokenizer: Any, probe: str = "def f(x):\n    return x  # héllo 你好") -> bool:
-        """True when the endpoint tokenizes like ``tokenizer`` (checked once through vLLM's /tokenize)."""
+    # -- capabilities -----------------------------------------------------------------------------------
+
+    def shares_tokenizer(self, tokenizer: Any) -> bool:
+        """True when the endpoint tokenizes like ``tokenizer`` (its tokenization of a probe string is fetched
+        once through vLLM's /tokenize; an endpoint without it counts as not sharing: text hand-over)."""
         if self.config.send_token_ids is not None:
             return self.config.send_token_ids
-        if self.capabilities.shared_tokenizer is None:
+        caps = self.capabilities
+        if caps.remote_probe_ids is None:
             root = self.config.base_url.removesuffix("/v1")
             try:
                 resp = httpx.post(
                     f"{root}/tokenize",
-                    json={"model": self.config.model, "prompt": probe, "add_special_tokens": False},
+                    json={"model": self.config.model, "prompt": PROBE_TEXT, "add_special_tokens": False},
                     timeout=self.config.timeout,
                     headers={"Authorization": f"Bearer {self.config.api_key.get_secret_value()}"},
                 )
-                remote = resp.json().get("tokens") if resp.status_code == 200 else None
+                caps.remote_probe_ids = list(resp.json().get("tokens") or []) if resp.status_code == 200 else []
             except (httpx.HTTPError, ValueError):
-                remote = None
-            local = tokenizer.encode(probe, add_special_tokens=False)
-            self.capabilities.shared_tokenizer = remote == local
-            logger.info("cloud endpoint %s shares the SLM tokenizer: %s", self.config.base_url,
-                        self.capabilities.shared_tokenizer)
-        return bool(self.capabilities.shared_tokenizer)
+                caps.remote_probe_ids = []
+        shared = bool(caps.remote_probe_ids) and caps.remote_probe_ids == tokenizer.encode(
+            PROBE_TEXT, add_special_tokens=False)
+        caps.shared_tokenizer = shared
+        return shared
 
-    def next_token(self, prompt: list[int] | str, gen: GenerationConfig, seed: int | None = None) -> CloudToken:
-        """Ask for one token after ``prompt``; raises ``CloudError`` after the retries are spent."""
+    def probe(self, tokenizer: Any) -> EndpointCapabilities:
+        """Detect, once per endpoint, what it supports; the engine picks its cloud mode from this."""
+        caps = self.capabilities
+        self.shares_tokenizer(tokenizer)
+        if caps.max_logprobs is None:
+            caps.max_logprobs = self.config.logprobs
+            for k in (20, 5):
+                try:
+                    self._create({"model": self.config.model, "prompt": [0] if caps.shared_tokenizer else "a",
+                                  "max_tokens": 1, "temperature": 0, "logprobs": k})
+                    caps.max_logprobs = k
+                    break
+                except CloudError:
+                    continue
+        if caps.echo_logprobs is None:
+            caps.echo_logprobs = bool(caps.shared_tokenizer) and self._echo_is_aligned(tokenizer)
+        logger.info("cloud endpoint %s capabilities: %s", self.config.base_url, caps)
+        return caps
+
+    def _echo_is_aligned(self, tokenizer: Any) -> bool:
+        """Echoed prompt logprobs must be those of each token given the tokens before it (llama.cpp's
+        server is off by one): the greedy next token, echoed back, must be the argmax at its position."""
+        ids = tokenizer.encode("def add(a, b):\n    return", add_special_tokens=False)
+        try:
+            nxt = self.next_tokens(ids, GenerationConfig(max_new_tokens=1), 1).first.token_id
+            if nxt is None:
+                return False
+            block = self.score_block(ids, [nxt], GenerationConfig(max_new_tokens=1))
+        except CloudError:
+            return False
+        top = block.positions[0]
+        return bool(top) and max(top, key=top.__getitem__) == nxt
+
+    # -- requests ---------------------------------------------------------------------------------------
+
+    def next_token(self, prompt: list[int] | str, gen: GenerationConfig, seed: int | None = None,
+                   logprobs: int | None = None) -> CloudReply:
+        """The next token after ``prompt``; raises ``CloudError`` after the retries are spent."""
+        return self.next_tokens(prompt, gen, 1, seed, logprobs)
+
+    def next_tokens(self, prompt: list[int] | str, gen: GenerationConfig, n: int, seed: int | None = None,
+                    logprobs: int | None = None) -> CloudReply:
+        """Up to ``n`` tokens after ``prompt`` in one round trip (lookahead when n > 1)."""
+        params = self._params(prompt, gen, n, seed, logprobs)
+        start = time.perf_counter()
+        response = self._create(params)
+        latency = time.perf_counter() - start
+        choice = response.choices[0]
+        tokens = self._tokens(choice.logprobs, 0) if choice.logprobs is not None else []
+        if not tokens and choice.text:
+            tokens = [CloudToken(choice.text, None, choice.finish_reason)]
+        if tokens:
+            tokens[-1].finish_reason = choice.finish_reason
+        return CloudReply(tokens, self._usage(response), latency, choice.finish_reason, choice.text or "")
+
+    def score_block(self, prefix: list[int], drafts: list[int], gen: GenerationConfig,
+                    seed: int | None = None, logprobs: int | None = None) -> BlockScore:
+        """One ``echo`` call: the cloud's top-k logprobs at each drafted position and one bonus token."""
+        params = self._params(prefix + drafts, gen, 1, seed, logprobs)
+        params["echo"] = True
+        start = time.perf_counter()
+        response = self._create(params)
+        latency = time.perf_counter() - start
+        choice = response.choices[0]
+        tokens = self._tokens(choice.logprobs, 0)
+        n = len(prefix) + len(drafts)
+        if len(tokens) < n + 1 and not (len(tokens) == n and choice.finish_reason == "stop"):
+            raise CloudError(f"echo returned {len(tokens)} token logprobs for a {n}-token prompt; this endpoint "
+                             "cannot verify blocks. Use cloud_mode='replace'.")
+        positions = [t.top_logprobs for t in tokens[len(prefix):n]]
+        bonus = tokens[n] if len(tokens) > n else CloudToken("", None, "stop")
+        bonus.finish_reason = choice.finish_reason
+        return BlockScore(positions, bonus, self._usage(response), latency)
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+
+    def _params(self, prompt: list[int] | str, gen: GenerationConfig, n: int, seed: int | None,
+                logprobs: int | None) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.config.model,
             "prompt": prompt,
-            "max_tokens": 1,
+            "max_tokens": n,
             "temperature": gen.temperature,
-            "logprobs": self.config.logprobs or None,
+            "logprobs": logprobs or self.config.logprobs or None,
         }
         if not gen.greedy:
             params["top_p"] = gen.top_p
             if seed is not None:
                 params["seed"] = seed
-        start = time.perf_counter()
-        response = self._create(params)
-        latency = time.perf_counter() - start
-        return self._parse(response, latency)
+        return params
 
     def _create(self, params: dict[str, Any]) -> Any:
         retrying = Retrying(
@@ -147,9 +270,7 @@ class CloudClient:
     def _create_once(self, params: dict[str, Any]) -> Any:
         if self.capabilities.token_ids_in_response:
             try:
-                return self._client.completions.create(
-                    **params, extra_body={"return_tokens_as_token_ids": True}
-                )
+                return self._client.completions.create(**params, extra_body={"return_tokens_as_token_ids": True})
             except openai.BadRequestError as e:
                 if "return_tokens_as_token_ids" not in str(e):
                     raise
@@ -157,34 +278,30 @@ class CloudClient:
         return self._client.completions.create(**params)
 
     @staticmethod
-    def _parse(response: Any, latency: float) -> CloudToken:
-        choice = response.choices[0]
-        token_id: int | None = None
-        logprob: float | None = None
-        top: dict[str, float] = {}
-        lp = choice.logprobs
-        if lp is not None and lp.tokens:
-            token = lp.tokens[0]
-            if token.startswith(TOKEN_ID_PREFIX):
-                token_id = int(token[len(TOKEN_ID_PREFIX):])
-            if lp.token_logprobs:
-                logprob = lp.token_logprobs[0]
-            if lp.top_logprobs and lp.top_logprobs[0]:
-                top = dict(lp.top_logprobs[0])
+    def _token_id(token: str) -> int | None:
+        return int(token[len(TOKEN_ID_PREFIX):]) if token.startswith(TOKEN_ID_PREFIX) else None
+
+    @classmethod
+    def _tokens(cls, lp: Any, start: int) -> list[CloudToken]:
+        out = []
+        tokens = lp.tokens or []
+        for i in range(start, len(tokens)):
+            top: dict[int, float] = {}
+            if lp.top_logprobs and i < len(lp.top_logprobs) and lp.top_logprobs[i]:
+                for key, value in lp.top_logprobs[i].items():
+                    tid = cls._token_id(key)
+                    if tid is not None:
+                        top[tid] = value
+            logprob = lp.token_logprobs[i] if lp.token_logprobs and i < len(lp.token_logprobs) else None
+            tid = cls._token_id(tokens[i])
+            out.append(CloudToken(tokens[i] if tid is None else "", tid, None, top, logprob))
+        return out
+
+    @staticmethod
+    def _usage(response: Any) -> CallUsage:
         usage = response.usage
-        cached = 0
-        if usage is not None and getattr(usage, "prompt_tokens_details", None) is not None:
-            cached = getattr(usage.prompt_tokens_details, "cached_tokens", 0) or 0
-        return CloudToken(
-            text=choice.text or "",
-            token_id=token_id,
-            finish_reason=choice.finish_reason,
-            top_logprobs=top,
-            logprob=logprob,
-            usage=CallUsage(
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                cached_tokens=cached,
-            ),
-            latency_s=latency,
-        )
+        if usage is None:
+            return CallUsage()
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = (getattr(details, "cached_tokens", 0) or 0) if details is not None else 0
+        return CallUsage(usage.prompt_tokens, usage.completion_tokens, cached)

@@ -22,6 +22,7 @@ class RouterStep:
     ids: list[int]
     hidden: torch.Tensor | None = None
     scorer_state: Any = None
+    gen: Any = None  # the request's GenerationConfig
 
 
 class Router:

@@ -1,0 +1,116 @@
+"""Cloud modes on tiny models: verify, block verify and lookahead are lossless with greedy decoding, and
+the verification rule reproduces the cloud's distribution when sampling."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from doubles import TransformersCloud
+from test_engine_mechanics import greedy_reference, prompt
+
+from hybrid_llm_adapters import GenerationConfig, HybridEngine
+from hybrid_llm_adapters.cloud.verify import cloud_distribution, verify_draft
+from hybrid_llm_adapters.local.slm import load_local_model
+from hybrid_llm_adapters.routing import AlwaysCloudRouter, EntropyRouter
+
+
+@pytest.fixture()
+def slm(tiny_model_dir: Path):
+    return load_local_model(tiny_model_dir)
+
+
+@pytest.fixture()
+def cloud_model(tiny_cloud_dir: Path):
+    return load_local_model(tiny_cloud_dir)
+
+
+def assert_greedy_under_full_forward(model, ids: list[int], tokens: list[int], tie: float = 0.02) -> None:
+    """Each token is the model's argmax given the real prefix (a full forward, as the echo call computes),
+    except at bf16 near-ties, which tiny random models have often."""
+    with torch.inference_mode():
+        logp = torch.log_softmax(model.model(input_ids=torch.tensor([ids + tokens])).logits[0].float(), -1)
+    for i, tok in enumerate(tokens):
+        top = torch.topk(logp[len(ids) + i - 1], 2)
+        assert tok == int(top.indices[0]) or float(top.values[0] - logp[len(ids) + i - 1, tok]) < tie, i
+
+
+def check_all() -> EntropyRouter:
+    return EntropyRouter(-1.0)  # every token flagged: the cloud checks everything
+
+
+@pytest.mark.parametrize("mode", ["verify", "block_verify"])
+def test_verify_modes_are_lossless_greedy(slm, cloud_model, mode: str) -> None:
+    cloud = TransformersCloud(cloud_model)
+    engine = HybridEngine(slm, check_all(), cloud)  # type: ignore[arg-type]
+    ids = prompt(engine)
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=30, cloud_mode=mode))
+    assert result.token_ids == greedy_reference(cloud_model, ids, 30)
+    assert result.ledger.cloud_mode == mode
+    assert result.ledger.cloud_checked_tokens >= len(result.token_ids) - result.ledger.cloud_tokens
+
+
+def test_block_verify_cuts_round_trips_when_drafts_agree(slm) -> None:
+    """SLM == cloud: every draft is accepted, so one call settles several tokens."""
+    cloud = TransformersCloud(slm)
+    engine = HybridEngine(slm, check_all(), cloud)  # type: ignore[arg-type]
+    ids = prompt(engine)
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=40, cloud_mode="block_verify"))
+    led = result.ledger
+    assert_greedy_under_full_forward(slm, ids, result.token_ids)
+    assert led.accepted_drafts > 0.7 * len(result.token_ids)
+    assert led.calls_per_checked_token is not None and led.calls_per_checked_token < 0.35
+    assert {e.source for e in result.events} <= {"verified", "cloud"}
+
+
+def test_lookahead_takes_several_cloud_tokens_per_call(slm, cloud_model) -> None:
+    cloud = TransformersCloud(cloud_model)
+    engine = HybridEngine(slm, AlwaysCloudRouter(), cloud)  # type: ignore[arg-type]
+    ids = prompt(engine)
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=30, cloud_mode="lookahead", max_lookahead=8))
+    assert result.token_ids == greedy_reference(cloud_model, ids, 30)
+    assert result.ledger.cloud_calls < len(result.token_ids) / 2
+    assert result.ledger.cloud_mode == "lookahead"
+
+
+def test_text_handover_forces_replace_mode(tmp_path: Path, slm) -> None:
+    from tiny_models import build_tiny_model
+
+    other = load_local_model(build_tiny_model(tmp_path / "o", seed=4, vocab_size=330))
+    engine = HybridEngine(slm, check_all(), TransformersCloud(other, shared_tokenizer=False))  # type: ignore[arg-type]
+    result = engine.generate(prompt(engine), GenerationConfig(max_new_tokens=5, cloud_mode="block_verify"))
+    assert result.ledger.cloud_mode == "replace"
+
+
+def test_block_verify_falls_back_to_verify_without_echo(slm, cloud_model) -> None:
+    engine = HybridEngine(slm, check_all(), TransformersCloud(cloud_model, echo=False))  # type: ignore[arg-type]
+    result = engine.generate(prompt(engine), GenerationConfig(max_new_tokens=5, cloud_mode="block_verify"))
+    assert result.ledger.cloud_mode == "verify"
+
+
+def test_verification_rule_samples_the_cloud_distribution() -> None:
+    """Draft from p, accept with min(1, q/p), else residual: the kept token is distributed as q."""
+    gen = GenerationConfig(temperature=1.0)
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    q = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    top = {i: float(torch.log(q[i])) for i in range(4)}
+    assert cloud_distribution(top, gen) == pytest.approx({i: float(q[i]) for i in range(4)})
+    rng = torch.Generator().manual_seed(0)
+    counts: Counter[int] = Counter()
+    n = 20000
+    for _ in range(n):
+        draft = int(torch.multinomial(p, 1, generator=rng))
+        token, _ = verify_draft(draft, p, top, gen, rng)
+        counts[token] += 1
+    for i in range(4):
+        assert counts[i] / n == pytest.approx(float(q[i]), abs=0.015)
+
+
+def test_greedy_verification_accepts_only_the_argmax() -> None:
+    gen = GenerationConfig()
+    top = {7: -0.1, 3: -2.5}
+    assert verify_draft(7, None, top, gen, None) == (7, True)  # type: ignore[arg-type]
+    assert verify_draft(3, None, top, gen, None) == (7, False)  # type: ignore[arg-type]
+    assert verify_draft(99, None, top, gen, None) == (7, False)  # type: ignore[arg-type]
