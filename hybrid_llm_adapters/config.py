@@ -144,10 +144,19 @@ class RouterConfig(BaseModel):
         None, gt=0, lt=1, description="hold this cloud-token fraction per request with a dynamic threshold"
     )
     max_cost_usd: float | None = Field(None, gt=0, description="per-request cloud budget (dynamic threshold)")
+    rejection_risk: float | None = Field(
+        None, gt=0, lt=1, description="perturbation router: derive the threshold from this target risk (U-HLM)"
+    )
     reward_head: str | None = Field(None, description="path to a reward head (safetensors) or separate RM folder")
 
     @model_validator(mode="after")
     def _check(self) -> RouterConfig:
+        if self.rejection_risk is not None:
+            if self.kind != "perturbation":
+                raise ConfigError(f"rejection_risk applies to kind='perturbation', not {self.kind!r}.")
+            if self.threshold is not None:
+                raise ConfigError("set either threshold or rejection_risk, not both: the risk derives the threshold.")
+            self.threshold = self.rejection_risk  # U-HLM: P(reject | u) ~ u, see routing/uhlm.py
         if self.kind in ("reward", "entropy", "max_prob", "perturbation") and self.threshold is None:
             self.threshold = {"reward": 0.0, "entropy": 1.0, "max_prob": 0.5, "perturbation": 0.2}[self.kind]
         if self.kind == "perturbation" and not 0.0 <= (self.threshold or 0.0) <= 1.0:

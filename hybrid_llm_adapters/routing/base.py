@@ -37,6 +37,7 @@ class Router:
     needs_hidden: bool = False
     name: str = "router"
     threshold: float | None = None
+    higher_is_uncertain: bool = True  # orientation of ``score`` (False for reward and max-prob)
 
     def score(self, step: RouterStep) -> float | None:
         return None

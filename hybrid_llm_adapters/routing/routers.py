@@ -7,10 +7,12 @@ from typing import Any
 
 import torch
 
-from ..config import RouterConfig
+from ..config import PriceTable, RouterConfig
 from ..errors import ConfigError
 from ..local.reward import LinearRewardHead, SeparateRewardModel
 from .base import Router, RouterStep
+from .budget import BudgetRouter
+from .uhlm import PerturbationRouter
 
 
 class AlwaysLocalRouter(Router):
@@ -48,6 +50,7 @@ class MaxProbRouter(Router):
     """Cloud when the SLM's top probability falls below the threshold."""
 
     name = "max_prob"
+    higher_is_uncertain = False
 
     def __init__(self, threshold: float):
         self.threshold = threshold
@@ -63,6 +66,7 @@ class RewardRouter(Router):
     """The reward paper's rule: keep the SLM token when reward >= threshold, else the cloud supplies it."""
 
     name = "reward"
+    higher_is_uncertain = False
 
     def __init__(self, scorer: LinearRewardHead | SeparateRewardModel, threshold: float):
         self.scorer = scorer
@@ -94,8 +98,16 @@ def load_reward_scorer(path: str | Path, tokenizer: object, hidden_size: int) ->
     )
 
 
-def build_router(config: RouterConfig, tokenizer: object, hidden_size: int) -> Router:
-    """Make the router a ``RouterConfig`` describes."""
+def build_router(config: RouterConfig, tokenizer: object, hidden_size: int,
+                 prices: PriceTable | None = None) -> Router:
+    """Make the router a ``RouterConfig`` describes (wrapped in a budget controller when it sets one)."""
+    router = _base_router(config, tokenizer, hidden_size)
+    if config.target_activation is not None or config.max_cost_usd is not None:
+        return BudgetRouter(router, config.target_activation, config.max_cost_usd, prices)
+    return router
+
+
+def _base_router(config: RouterConfig, tokenizer: object, hidden_size: int) -> Router:
     if config.kind == "local":
         return AlwaysLocalRouter()
     if config.kind == "cloud":
@@ -105,6 +117,8 @@ def build_router(config: RouterConfig, tokenizer: object, hidden_size: int) -> R
         return EntropyRouter(config.threshold)
     if config.kind == "max_prob":
         return MaxProbRouter(config.threshold)
+    if config.kind == "perturbation":
+        return PerturbationRouter(config.threshold)
     if config.reward_head is None:
         from ..assets import default_reward_head_path
 
