@@ -35,7 +35,7 @@ class AsyncGeneration:
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, event)
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
-            except BaseException as e:  # re-raised in the event loop
+            except BaseException as e:  # noqa: BLE001 - re-raised in the event loop
                 loop.call_soon_threadsafe(queue.put_nowait, e)
 
         thread = threading.Thread(target=work, name="hybrid-llm-decode", daemon=True)

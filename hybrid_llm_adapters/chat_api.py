@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chat import ParsedToolCall, forced_tool_prefix, parse_tool_calls, render_chat
+from .chat import ParsedToolCall, forced_tool_prefix, parse_bare_tool_call, parse_tool_calls, render_chat
 from .events import GenerationResult
 
 
@@ -45,9 +45,12 @@ def prepare_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dic
 
 
 def finish_chat(prepared: PreparedChat, result: GenerationResult) -> ChatOutput:
-    """Content and tool calls of a finished request (tool calls only parsed when tools were offered)."""
+    """Content and tool calls of a finished request (tool calls only parsed when tools were offered; an
+    answer that is just ``{"name": <bound tool>, "arguments": ...}`` without the tags counts as a call)."""
     full = prepared.forced_prefix + result.text
     if not prepared.tools:
         return ChatOutput(result.text, [], result)
     content, calls = parse_tool_calls(full)
+    if not calls:  # a call without its <tool_call> tags
+        content, calls = parse_bare_tool_call(full, tool_names(prepared.tools))
     return ChatOutput(content, calls, result)

@@ -15,7 +15,13 @@ from typing import Any
 
 import torch
 
-from hybrid_llm_adapters.cloud.client import BlockScore, CallUsage, CloudReply, CloudToken, EndpointCapabilities
+from hybrid_llm_adapters.cloud.client import (
+    BlockScore,
+    CallUsage,
+    CloudReply,
+    CloudToken,
+    EndpointCapabilities,
+)
 from hybrid_llm_adapters.config import CloudConfig, GenerationConfig
 from hybrid_llm_adapters.local.sampling import choose
 from hybrid_llm_adapters.local.slm import LocalModel
@@ -93,7 +99,7 @@ class FaultyServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 outer.requests += self.path.endswith("/completions")
                 outer.auth_headers.append(self.headers.get("Authorization", ""))
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -117,10 +123,10 @@ class FaultyServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
-    def __enter__(self) -> FaultyServer:
+    def __enter__(self) -> FaultyServer:  # noqa: PYI034
         self.thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()

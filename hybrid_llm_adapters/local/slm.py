@@ -92,9 +92,9 @@ class SLMState:
         The hidden state belongs to the last fed token, i.e. it is the SLM's representation of the newest
         token in context, which is what a trunk reward head scores.
         """
-        if self.cached_len == len(self.ids) and self._logits is not None:
-            if not need_hidden or self._hidden is not None:
-                return self._logits, self._hidden
+        if (self.cached_len == len(self.ids) and self._logits is not None
+                and (not need_hidden or self._hidden is not None)):
+            return self._logits, self._hidden
         if self.cached_len >= len(self.ids):
             # Everything is cached but its logits were dropped: re-feed the last token.
             self.truncate_cache(len(self.ids) - 1)
