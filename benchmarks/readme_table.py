@@ -22,7 +22,7 @@ def write_section(name: str, body: str, readme: Path = README) -> None:
     text = readme.read_text()
     block = f"{start}\n{body}\n{end}"
     if start in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.DOTALL)
     else:
         text += f"\n{block}\n"
     readme.write_text(text)

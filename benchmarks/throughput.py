@@ -26,7 +26,7 @@ from hybrid_llm_adapters.cloud.client import CloudClient
 from hybrid_llm_adapters.cloud.server import VLLMServerConfig, start_server
 from hybrid_llm_adapters.local.slm import load_local_model
 from hybrid_llm_adapters.models import DEFAULT_SLM, resolve_model
-from hybrid_llm_adapters.routing import AlwaysLocalRouter, EntropyRouter
+from hybrid_llm_adapters.routing import EntropyRouter
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "gsm8k" / "test_public.jsonl"
@@ -38,7 +38,7 @@ def load_prompts(path: Path, n: int) -> list[str]:
 
 
 def run_engine(engine: HybridEngine, prompts: list[list[int]], gen: GenerationConfig, label: str) -> dict:
-    tokens = calls = cloud_tokens = 0
+    tokens = calls = cloud_tokens = decided = 0
     seconds = 0.0
     entropies: list[float] = []
     for ids in tqdm(prompts, desc=label, leave=False):
@@ -48,6 +48,7 @@ def run_engine(engine: HybridEngine, prompts: list[list[int]], gen: GenerationCo
         tokens += len(result.token_ids)
         calls += result.ledger.cloud_calls
         cloud_tokens += result.ledger.cloud_tokens
+        decided += result.ledger.cloud_tokens + result.ledger.accepted_drafts
         entropies += [e.score for e in result.events if e.score is not None]
     return {
         "label": label,
@@ -57,6 +58,7 @@ def run_engine(engine: HybridEngine, prompts: list[list[int]], gen: GenerationCo
         "activation_ratio": cloud_tokens / tokens if tokens else 0.0,
         "cloud_calls": calls,
         "cloud_calls_per_cloud_token": calls / cloud_tokens if cloud_tokens else None,
+        "cloud_calls_per_cloud_decided_token": calls / decided if decided else None,
         "_entropies": entropies,
     }
 
@@ -98,12 +100,18 @@ def local_step_cost(engine: HybridEngine, ids: list[int], steps: int = 40) -> di
             "reward_overhead_ratio": scored / plain}
 
 
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--n", type=int, default=20)
-    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--targets", type=float, nargs="+", default=[0.1, 0.3, 0.5])
+    ap.add_argument("--block-verify-target", type=float, default=0.3,
+                    help="also run block verification at this target's threshold")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "throughput.json")
     args = ap.parse_args()
 
@@ -121,10 +129,15 @@ def main() -> None:
     for target in args.targets:
         threshold = entropies[int((1 - target) * (len(entropies) - 1))]
         engine = HybridEngine(local, EntropyRouter(threshold), client)
-        row = run_engine(engine, prompts, gen, f"hybrid, entropy > {threshold:.3f} (target {target:.0%})")
-        row["threshold"] = threshold
-        row["target_activation"] = target
+        row = run_engine(engine, prompts, gen, f"hybrid replace, entropy > {threshold:.3f} (target {target:.0%})")
+        row.update(threshold=threshold, target_activation=target, cloud_mode="replace")
         rows.append(row)
+        if target == args.block_verify_target:
+            bgen = gen.model_copy(update={"cloud_mode": "block_verify"})
+            row = run_engine(engine, prompts, bgen,
+                             f"hybrid block-verify, entropy > {threshold:.3f} (target {target:.0%})")
+            row.update(threshold=threshold, target_activation=target, cloud_mode="block_verify")
+            rows.append(row)
     for row in rows:
         row.pop("_entropies", None)
     step = local_step_cost(slm_engine, prompts[0])
@@ -145,10 +158,10 @@ def main() -> None:
     from readme_table import markdown_table, write_section
 
     table = markdown_table(
-        ["configuration", "tokens/s", "activation", "cloud calls / cloud token", "tokens"],
-        [[r["label"], r["tokens_per_s"], f"{r['activation_ratio']:.0%}",
-          "-" if r["cloud_calls_per_cloud_token"] is None else f"{r['cloud_calls_per_cloud_token']:.2f}", r["tokens"]]
-         for r in rows],
+        ["configuration", "tokens/s", "activation", "cloud calls / cloud token",
+         "cloud calls / cloud-decided token", "tokens"],
+        [[r["label"], r["tokens_per_s"], f"{r['activation_ratio']:.0%}", _fmt(r.get("cloud_calls_per_cloud_token")),
+          _fmt(r.get("cloud_calls_per_cloud_decided_token")), r["tokens"]] for r in rows],
     )
     table += (f"\n\nLocal SLM step (median): {step['median_step_s_plain'] * 1000:.1f} ms plain, "
               f"{step['median_step_s_with_reward_head'] * 1000:.1f} ms with the trunk reward head "

@@ -12,8 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from real_helpers import (NEAR_TIE, first_difference, slm_top2_gap, vllm_client, vllm_greedy, vllm_metrics,
-                          vllm_top2_gap)
+from real_helpers import (
+    NEAR_TIE,
+    first_difference,
+    slm_top2_gap,
+    vllm_client,
+    vllm_greedy,
+    vllm_metrics,
+    vllm_top2_gap,
+)
 
 from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine, RouterConfig
 from hybrid_llm_adapters.cloud.client import CloudClient

@@ -12,8 +12,13 @@ from test_engine_mechanics import prompt
 from hybrid_llm_adapters import GenerationConfig, HybridEngine, RouterConfig
 from hybrid_llm_adapters.config import PriceTable
 from hybrid_llm_adapters.local.slm import load_local_model
-from hybrid_llm_adapters.routing import (BudgetRouter, EntropyRouter, PerturbationRouter, build_router,
-                                         calibrate_threshold)
+from hybrid_llm_adapters.routing import (
+    BudgetRouter,
+    EntropyRouter,
+    PerturbationRouter,
+    build_router,
+    calibrate_threshold,
+)
 from hybrid_llm_adapters.routing.uhlm import perturbation_uncertainty
 
 

@@ -1,0 +1,58 @@
+"""Verify and block-verify modes on the real pair and the real vLLM server: lossless with greedy decoding
+(near-ties excepted, as in the engine tests), with drafts accepted locally and fewer round trips."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+from real_helpers import NEAR_TIE, first_difference, vllm_client, vllm_greedy, vllm_top2_gap
+
+from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine
+from hybrid_llm_adapters.cloud.client import CloudClient
+from hybrid_llm_adapters.local.slm import load_local_model
+from hybrid_llm_adapters.routing import EntropyRouter
+
+pytestmark = [pytest.mark.real, pytest.mark.cloud]
+
+
+@pytest.fixture(scope="module")
+def setup(real_slm_dir: Path, cloud_base_url: str, cloud_model_name: str, gsm8k_path: Path):
+    slm = load_local_model(real_slm_dir)
+    cloud = CloudClient(CloudConfig(base_url=cloud_base_url, model=cloud_model_name, timeout=300))
+    question = json.loads(gsm8k_path.read_text().splitlines()[1])["question"]
+    return slm, cloud, question
+
+
+@pytest.mark.parametrize("mode", ["verify", "block_verify"])
+def test_verify_modes_reproduce_cloud_greedy(setup, mode: str) -> None:
+    slm, cloud, question = setup
+    engine = HybridEngine(slm, EntropyRouter(-1.0), cloud)  # every token checked by the cloud
+    ids = engine.render([{"role": "user", "content": question}])
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=40, cloud_mode=mode))
+    led = result.ledger
+    assert led.cloud_mode == mode
+    assert led.accepted_drafts > 0, "some SLM drafts must be accepted locally"
+    assert led.local_tokens == led.accepted_drafts
+    ref = vllm_greedy(vllm_client(cloud.config.base_url), cloud.config.model, ids, 40)
+    i = first_difference(result.token_ids, ref)
+    if i is not None:
+        gap = vllm_top2_gap(vllm_client(cloud.config.base_url), cloud.config.model, ids + ref[:i])
+        assert gap < NEAR_TIE, f"{mode} parts from cloud greedy at token {i} without a near-tie (gap {gap})"
+        warnings.warn(f"{mode} parted from cloud greedy at a near-tie (token {i}, gap {gap:.2e})")
+    if mode == "block_verify":
+        # one echo call settles several tokens: round trips per cloud-decided token well below 1
+        assert led.calls_per_checked_token is not None and led.calls_per_checked_token < 0.5
+        assert led.cloud_calls < len(result.token_ids) / 2
+
+
+def test_auto_mode_picks_block_verify_on_vllm(setup) -> None:
+    slm, cloud, question = setup
+    caps = cloud.probe(slm.tokenizer)
+    assert caps.shared_tokenizer and caps.echo_logprobs and caps.max_logprobs == 20
+    engine = HybridEngine(slm, EntropyRouter(1.0), cloud)
+    ids = engine.render([{"role": "user", "content": question}])
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=8, cloud_mode="auto"))
+    assert result.ledger.cloud_mode == "block_verify"
