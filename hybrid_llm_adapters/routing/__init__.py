@@ -2,20 +2,27 @@
 
 from .base import Router, RouterStep
 from .budget import BudgetRouter
+from .routers import (
+    AlwaysCloudRouter,
+    AlwaysLocalRouter,
+    EntropyRouter,
+    MaxProbRouter,
+    RewardRouter,
+    build_router,
+)
 from .uhlm import PerturbationRouter, calibrate_threshold, threshold_for_rejection_risk
-from .routers import AlwaysCloudRouter, AlwaysLocalRouter, EntropyRouter, MaxProbRouter, RewardRouter, build_router
 
 __all__ = [
-    "BudgetRouter",
-    "PerturbationRouter",
-    "calibrate_threshold",
-    "threshold_for_rejection_risk",
-    "Router",
-    "RouterStep",
     "AlwaysCloudRouter",
     "AlwaysLocalRouter",
+    "BudgetRouter",
     "EntropyRouter",
     "MaxProbRouter",
+    "PerturbationRouter",
     "RewardRouter",
+    "Router",
+    "RouterStep",
     "build_router",
+    "calibrate_threshold",
+    "threshold_for_rejection_risk",
 ]
