@@ -9,7 +9,7 @@ INTEGRATIONS := $(wildcard integrations/*/pyproject.toml)
 ADAPTERS := -e 'integrations/langchain[test]' -e 'integrations/llama_index[rag]'
 PYTEST_ARGS ?=
 
-.PHONY: install models cloud cloud-stop demo test lint bench clean
+.PHONY: install models cloud cloud-stop demo test lint bench reward clean
 
 $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,17 @@ test: cloud
 bench: cloud
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/uncertainty_sweep.py
+
+# Rebuild the shipped reward head end to end: synthesize pairs from the SLM and the cloud (both on vLLM), train
+# both reward-model kinds, evaluate, calibrate, copy the trunk head into the package (about an hour on 2 cores).
+REWARD_WORK ?= .cache/reward
+SHARED ?= ../shared
+reward: cloud
+	$(BIN)/hybrid-llm cloud start --model qwen2.5-coder-0.5b-instruct --port 8766 --kv-cache-gib 2
+	$(BIN)/hybrid-llm synth --out $(REWARD_WORK)/pairs.jsonl --counts gsm8k=40,svamp=25,mmlu=35,chitchat=30,code=30 \
+		--gsm8k-path $(SHARED)/data/gsm8k/test_public.jsonl --svamp-path $(SHARED)/data/svamp/SVAMP.json
+	$(BIN)/hybrid-llm cloud stop --port 8766
+	$(BIN)/python benchmarks/reward_model.py --pairs $(REWARD_WORK)/pairs.jsonl --work $(REWARD_WORK) --ship
 
 lint: install
 	$(BIN)/python -m ruff check hybrid_llm_adapters integrations tests benchmarks cookbook
