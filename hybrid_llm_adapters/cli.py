@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from .accounting import UsageLedger
-from .config import CloudConfig, GenerationConfig, PriceTable, RouterConfig
+from .config import CloudConfig, CloudMode, GenerationConfig, PriceTable, RouterConfig, RouterKind
 from .errors import HybridLLMError
 
-SOURCE_STYLE = {"local": "green", "cloud": "bold magenta", "fallback": "yellow"}
+# every TokenEvent source: device, device token the cloud verified, cloud token, device after a cloud fault
+SOURCE_STYLE = {"local": "green", "verified": "cyan", "cloud": "bold magenta", "fallback": "yellow"}
 console = Console()
 err = Console(stderr=True)
 
@@ -32,13 +34,20 @@ def ledger_table(ledger: UsageLedger, title: str = "usage ledger") -> Table:
 def _engine_config(args: argparse.Namespace) -> Any:
     from .engine import EngineConfig
 
-    router = RouterConfig(kind=args.router, threshold=args.threshold, reward_head=args.reward_head)
+    router = RouterConfig(kind=args.router, threshold=args.threshold, reward_head=args.reward_head,
+                          target_activation=args.target_activation, max_cost_usd=args.max_cost_usd,
+                          rejection_risk=args.rejection_risk)
     cloud_kwargs: dict[str, Any] = {"on_failure": args.on_failure, "timeout": args.timeout}
     if args.cloud_url:
         cloud_kwargs["base_url"] = args.cloud_url
     if args.cloud_model:
         cloud_kwargs["model"] = args.cloud_model
     return EngineConfig(slm=args.slm, router=router, cloud=CloudConfig(**cloud_kwargs), prices=PriceTable())
+
+
+def _generation_config(args: argparse.Namespace) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                            seed=args.seed, stop=args.stop or [], cloud_mode=args.cloud_mode)
 
 
 def _chat_once(engine: Any, messages: list[dict[str, Any]], gen: GenerationConfig, show_scores: bool) -> str:
@@ -70,8 +79,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         status = start_server(VLLMServerConfig())
         config.cloud.base_url = status.base_url
     engine = get_engine(config)
-    gen = GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                           seed=args.seed, stop=args.stop or [])
+    gen = _generation_config(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt:
         _chat_once(engine, system + [{"role": "user", "content": args.prompt}], gen, args.scores)
@@ -138,8 +146,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _add_chat_args(p: argparse.ArgumentParser, default_prompt: str | None = None) -> None:
     p.add_argument("prompt", nargs="?", default=default_prompt, help="one prompt; omit for interactive chat")
     p.add_argument("--slm", default="qwen2.5-coder-0.5b-instruct", help="catalog name, folder or HF id")
-    p.add_argument("--router", default="entropy", choices=["entropy", "max_prob", "reward", "local", "cloud"])
+    p.add_argument("--router", default="entropy", choices=list(get_args(RouterKind)))
     p.add_argument("--threshold", type=float, default=None, help="router threshold (router-specific units)")
+    p.add_argument("--target-activation", type=float, default=None,
+                   help="hold this fraction of cloud tokens per request (dynamic threshold)")
+    p.add_argument("--max-cost-usd", type=float, default=None, help="per-request cloud budget (dynamic threshold)")
+    p.add_argument("--rejection-risk", type=float, default=None,
+                   help="perturbation router: threshold derived from this target rejection risk (U-HLM)")
+    p.add_argument("--cloud-mode", default="replace", choices=list(get_args(CloudMode)),
+                   help="how the cloud is asked: replace, verify, block_verify, lookahead, auto (probe)")
     p.add_argument("--reward-head", default=None, help="reward head .safetensors or reward-model folder")
     p.add_argument("--cloud-url", default=None, help="OpenAI-compatible base URL (default: local vLLM)")
     p.add_argument("--cloud-model", default=None)
@@ -198,6 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except HybridLLMError as e:
         err.print(f"[bold red]error:[/bold red] {e}")
+        return 2
+    except ValidationError as e:  # a flag value out of range: name the flag's setting and the rule
+        for problem in e.errors():
+            where = ".".join(str(p) for p in problem["loc"]) or e.title
+            err.print(f"[bold red]error:[/bold red] {e.title}.{where}: {problem['msg']} (got {problem.get('input')!r})")
         return 2
 
 

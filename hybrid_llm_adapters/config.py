@@ -154,7 +154,8 @@ class RouterConfig(BaseModel):
         if self.rejection_risk is not None:
             if self.kind != "perturbation":
                 raise ConfigError(f"rejection_risk applies to kind='perturbation', not {self.kind!r}.")
-            if self.threshold is not None:
+            # a threshold equal to the derived one is this validator's own output being re-validated
+            if self.threshold is not None and self.threshold != self.rejection_risk:
                 raise ConfigError("set either threshold or rejection_risk, not both: the risk derives the threshold.")
             self.threshold = self.rejection_risk  # U-HLM: P(reject | u) ~ u, see routing/uhlm.py
         if self.kind in ("reward", "entropy", "max_prob", "perturbation") and self.threshold is None:

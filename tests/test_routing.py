@@ -36,7 +36,13 @@ def test_perturbation_uncertainty_orders_confidence() -> None:
 
 
 def test_thresholds_from_risk_and_calibration() -> None:
-    assert RouterConfig(kind="perturbation", rejection_risk=0.1).threshold == pytest.approx(0.1)
+    risk_config = RouterConfig(kind="perturbation", rejection_risk=0.1)
+    assert risk_config.threshold == pytest.approx(0.1)
+    # the derived threshold survives re-validation (inside EngineConfig, and a dump/load round trip)
+    assert RouterConfig.model_validate(risk_config.model_dump()) == risk_config
+    from hybrid_llm_adapters.engine import EngineConfig
+
+    assert EngineConfig(router=risk_config).router.threshold == pytest.approx(0.1)
     with pytest.raises(ValueError, match="either threshold or rejection_risk"):
         RouterConfig(kind="perturbation", threshold=0.3, rejection_risk=0.1)
     with pytest.raises(ValueError, match="applies to kind='perturbation'"):
