@@ -71,6 +71,19 @@ class UsageLedger(BaseModel):
                 values[name] = a + b
         return UsageLedger(**values)
 
+    def summary(self) -> str:
+        """The human-readable report every adapter prints (one wording, one place)."""
+        return (
+            f"Hybrid requests: {self.requests}\n"
+            f"\tPrompt tokens: {self.prompt_tokens}\n"
+            f"\tGenerated tokens: {self.generated_tokens} (local {self.local_tokens}, cloud {self.cloud_tokens}, "
+            f"activation {self.activation_ratio:.1%})\n"
+            f"\tCloud calls: {self.cloud_calls} (failed {self.failed_cloud_calls}); billed prompt tokens "
+            f"{self.billed_prompt_tokens}, completion tokens {self.billed_completion_tokens}\n"
+            f"\tCost (USD): ${self.cost_usd:.6f}; cloud-only would be ${self.cloud_only_cost_usd:.6f} "
+            f"(savings ${self.savings_usd:.6f})"
+        )
+
     def as_dict(self) -> dict[str, float | int]:
         return self.model_dump()
 

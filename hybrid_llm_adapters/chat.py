@@ -83,7 +83,7 @@ def forced_tool_prefix(tool_choice: str | None, tool_names: list[str]) -> str:
     return f'{TOOL_CALL_OPEN}\n{{"name": "{tool_choice}", "arguments":'
 
 
-def _tool_call_from(obj: dict[str, Any]) -> ParsedToolCall:
+def tool_call_from(obj: dict[str, Any]) -> ParsedToolCall:
     """One parsed call object; arguments may come as ``arguments`` or ``parameters``, as a dict or as a JSON
     string (a string that is not JSON is kept whole under ``input``)."""
     args = obj.get("arguments", obj.get("parameters", {}))
@@ -125,7 +125,7 @@ def parse_tool_calls(text: str) -> tuple[str, list[ParsedToolCall]]:
                 break
             end = stop_at
         if isinstance(obj, dict) and "name" in obj:
-            calls.append(_tool_call_from(obj))
+            calls.append(tool_call_from(obj))
         close = text.find(TOOL_CALL_CLOSE, end)
         pos = close + len(TOOL_CALL_CLOSE) if close >= 0 and text[end:close].strip() == "" else end
     content = "".join(content_parts).strip() if calls else "".join(content_parts)
@@ -145,4 +145,4 @@ def parse_bare_tool_call(text: str, tool_names: list[str]) -> tuple[str, list[Pa
         return text, []
     if not isinstance(obj, dict) or obj.get("name") not in tool_names:
         return text, []
-    return text[end:].strip(), [_tool_call_from(obj)]
+    return text[end:].strip(), [tool_call_from(obj)]

@@ -211,7 +211,7 @@ def test_token_counting_handler_matches_ledger(hybrid_llm: HybridChatModel) -> N
     assert counter.prompt_llm_token_count == led.prompt_tokens
     assert counter.completion_llm_token_count == led.generated_tokens
     assert counter.total_llm_token_count == led.prompt_tokens + led.generated_tokens
-    assert "cloud_calls=" in usage.report()
+    assert "Cloud calls:" in usage.report() and usage.report() == usage.ledger.summary()
 
 
 def test_instrumentation_events(llm: HybridChatModel) -> None:

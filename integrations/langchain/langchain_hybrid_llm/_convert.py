@@ -26,7 +26,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
-from hybrid_llm_adapters.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from hybrid_llm_adapters.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_from
 
 _CHAT_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "ai": "assistant",
                "tool": "tool", "developer": "system"}
@@ -318,15 +318,9 @@ class ToolCallStreamParser:
         if self.bare and (not isinstance(obj, dict) or obj.get("name") not in self.tool_names):
             return self._not_a_call()
         if isinstance(obj, dict) and "name" in obj:
-            args = obj.get("arguments", obj.get("parameters", {}))
-            if isinstance(args, str):
-                try:
-                    args = json.loads(args)
-                except json.JSONDecodeError:
-                    args = {"input": args}
-            args = args if isinstance(args, dict) else {}
-            out.append(Delta(index=self.calls, id=_new_id(), name=str(obj["name"]),
-                             args=json.dumps(args, ensure_ascii=False)))
+            call = tool_call_from(obj)
+            out.append(Delta(index=self.calls, id=_new_id(), name=call.name,
+                             args=json.dumps(call.arguments, ensure_ascii=False)))
             self.calls += 1
             self.emitted_text = False
             self.pending_ws = ""

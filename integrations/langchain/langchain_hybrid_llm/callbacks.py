@@ -48,17 +48,7 @@ class HybridLedgerCallbackHandler(BaseCallbackHandler):
         self.by_model: dict[str, UsageLedger] = {}
 
     def __repr__(self) -> str:
-        t = self.total
-        return (
-            f"Hybrid requests: {t.requests}\n"
-            f"\tPrompt tokens: {t.prompt_tokens}\n"
-            f"\tGenerated tokens: {t.generated_tokens} (local {t.local_tokens}, cloud {t.cloud_tokens}, "
-            f"activation {t.activation_ratio:.1%})\n"
-            f"\tCloud calls: {t.cloud_calls} (failed {t.failed_cloud_calls}); billed prompt tokens "
-            f"{t.billed_prompt_tokens}, completion tokens {t.billed_completion_tokens}\n"
-            f"\tCost (USD): ${t.cost_usd:.6f}; cloud-only would be ${t.cloud_only_cost_usd:.6f} "
-            f"(savings ${t.savings_usd:.6f})"
-        )
+        return self.total.summary()
 
     # convenience views of the total, named like OpenAICallbackHandler's
     @property

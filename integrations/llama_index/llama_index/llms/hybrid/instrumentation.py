@@ -50,14 +50,7 @@ class HybridUsageEventHandler(BaseEventHandler):
 
     def report(self) -> str:
         """A short per-query cost report (savings are negative when the hybrid cost more than cloud-only)."""
-        led = self.ledger
-        return (
-            f"requests={led.requests} prompt_tokens={led.prompt_tokens} generated={led.generated_tokens} "
-            f"(local={led.local_tokens}, cloud={led.cloud_tokens}, activation={led.activation_ratio:.1%}) "
-            f"cloud_calls={led.cloud_calls} billed_prompt={led.billed_prompt_tokens} "
-            f"billed_completion={led.billed_completion_tokens} cost=${led.cost_usd:.6f} "
-            f"cloud_only=${led.cloud_only_cost_usd:.6f} savings=${led.savings_usd:.6f}"
-        )
+        return self.ledger.summary()
 
 
 @contextmanager
