@@ -136,7 +136,7 @@ class RewardModelState:
         pending = ids[common:]
         base = self.rm.model.base_model
         with torch.inference_mode():
-            out = base(input_ids=torch.tensor([pending]), past_key_values=self.cache, use_cache=True)
+            out = base(input_ids=torch.tensor([pending]), cache=self.cache, use_cache=True)
             value = self.rm.model.score(out.last_hidden_state[:, -1])
         self.cached_ids = list(ids)
         return float(value.float().reshape(()))

@@ -103,7 +103,7 @@ class SLMState:
         with self.local.lock, torch.inference_mode():
             out = self.local.model(
                 input_ids=input_ids,
-                past_key_values=self.cache,
+                cache=self.cache,
                 use_cache=True,
                 output_hidden_states=need_hidden,
                 logits_to_keep=1,

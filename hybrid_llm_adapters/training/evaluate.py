@@ -75,7 +75,7 @@ def token_scores(lm: Any, records: list[dict[str, Any]], greedy: dict[str, list[
 
         cache = DynamicCache()
         with (capture_layer_input(lm, n_layers - mid_k) if mid_k else _null()) as box, torch.inference_mode():
-            o = lm(input_ids=ids, past_key_values=cache, use_cache=True, output_hidden_states=True,
+            o = lm(input_ids=ids, cache=cache, use_cache=True, output_hidden_states=True,
                    logits_to_keep=len(g) + 1)
         logits = o.logits[0, :-1].float()  # predicts g[0..]
         last = o.hidden_states[-1][0]
@@ -100,7 +100,7 @@ def token_scores(lm: Any, records: list[dict[str, Any]], greedy: dict[str, list[
                 c.crop(-(n_p + len(g) - pos))  # keep x + g[:t]
                 with (capture_layer_input(lm, n_layers - mid_k) if mid_k else _null()) as box2, \
                         torch.inference_mode():
-                    o2 = lm(input_ids=torch.tensor([[a]]), past_key_values=c, use_cache=True,
+                    o2 = lm(input_ids=torch.tensor([[a]]), cache=c, use_cache=True,
                             output_hidden_states=True, logits_to_keep=1)
                 h = o2.hidden_states[-1][0, -1]
                 sep = float("nan")
