@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from langchain_core.runnables import RunnablePassthrough
 from langchain_core.tools import tool
 from langchain_hybrid_llm import HybridChatModel, get_hybrid_callback, ledger_from_metadata
 from langchain_hybrid_llm._convert import ToolCallStreamParser, normalize_tool_choice, to_chat_dicts
+from loop_probe import loop_ticks_during
 from pydantic import BaseModel, Field
 
 from hybrid_llm_adapters import GenerationConfig, PriceTable, UsageLedger
@@ -211,23 +211,13 @@ async def test_sync_async_parity(tiny: HybridChatModel) -> None:
 async def test_async_does_not_block_event_loop(tiny_model_dir: Path) -> None:
     model = HybridChatModel(model=str(tiny_model_dir), router="local", max_tokens=40)
     await model.ainvoke("warm up", max_tokens=2)
-    ticks = 0
-    stop = asyncio.Event()
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while not stop.is_set():
-            ticks += 1
-            await asyncio.sleep(0.005)
+    async def work() -> None:
+        await model.ainvoke("Write a long story")
+        async for _ in model.astream("Write a long story"):
+            pass
 
-    task = asyncio.create_task(ticker())
-    t0 = time.perf_counter()
-    await model.ainvoke("Write a long story")
-    async for _ in model.astream("Write a long story"):
-        pass
-    elapsed = time.perf_counter() - t0
-    stop.set()
-    await task
+    ticks, elapsed = await loop_ticks_during(work, 0.005)
     assert ticks >= max(3, 0.3 * elapsed / 0.005), (ticks, elapsed)
 
 

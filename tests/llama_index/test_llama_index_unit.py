@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import pickle
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from llama_index.core.tools import FunctionTool
 from llama_index.llms.hybrid import HybridChatModel, HybridLLMUsageEvent, track_hybrid_usage
 from llama_index.llms.hybrid.base import _StreamBuilder
 from llama_index.llms.hybrid.utils import LEDGER_KEY, to_openai_messages, visible_text
+from loop_probe import loop_ticks_during
 from pydantic import BaseModel
 
 from hybrid_llm_adapters import GenerationConfig, HybridEngine
@@ -169,25 +169,8 @@ def test_sync_async_stream_complete_agree(llm: HybridChatModel) -> None:
 def test_async_does_not_block_the_loop(tiny_model_dir: Path) -> None:
     slow = HybridChatModel(model=str(tiny_model_dir), router="local", max_tokens=60)
 
-    async def run() -> int:
-        ticks = 0
-        stop = asyncio.Event()
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while not stop.is_set():
-                ticks += 1
-                await asyncio.sleep(0.001)
-
-        task = asyncio.create_task(ticker())
-        t0 = time.perf_counter()
-        await slow.achat(MSGS, max_tokens=60)
-        elapsed = time.perf_counter() - t0
-        stop.set()
-        await task
-        return ticks if elapsed > 0.02 else 10**6
-
-    assert asyncio.run(run()) > 5
+    ticks, elapsed = asyncio.run(loop_ticks_during(lambda: slow.achat(MSGS, max_tokens=60), 0.001))
+    assert (ticks if elapsed > 0.02 else 10**6) > 5
 
 
 def test_per_call_overrides(llm: HybridChatModel) -> None:
