@@ -26,14 +26,12 @@ MAX_TOKENS = 64
 ENTROPY_THRESHOLD = 1.5
 
 
-class TestHybridChatModelUnit(ChatModelUnitTests):
+class _HybridFeatures:
+    """What both standard suites are told about HybridChatModel (one place for the two classes)."""
+
     @property
     def chat_model_class(self) -> type[HybridChatModel]:
         return HybridChatModel
-
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        return {"model": "qwen2.5-coder-0.5b-instruct", "router": "entropy", "threshold": 1.0}
 
     @property
     def has_tool_calling(self) -> bool:
@@ -54,6 +52,12 @@ class TestHybridChatModelUnit(ChatModelUnitTests):
     @property
     def supports_model_override(self) -> bool:
         return False  # the SLM is a loaded on-device model, not a per-request name
+
+
+class TestHybridChatModelUnit(_HybridFeatures, ChatModelUnitTests):
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model": "qwen2.5-coder-0.5b-instruct", "router": "entropy", "threshold": 1.0}
 
     @pytest.mark.xfail(
         strict=True,
@@ -95,7 +99,7 @@ class TestHybridChatModelUnit(ChatModelUnitTests):
 
 @pytest.mark.real
 @pytest.mark.cloud
-class TestHybridChatModelIntegration(ChatModelIntegrationTests):
+class TestHybridChatModelIntegration(_HybridFeatures, ChatModelIntegrationTests):
     _params: ClassVar[dict[str, Any]] = {}
 
     @pytest.fixture(autouse=True)
@@ -111,33 +115,10 @@ class TestHybridChatModelIntegration(ChatModelIntegrationTests):
         }
 
     @property
-    def chat_model_class(self) -> type[HybridChatModel]:
-        return HybridChatModel
-
-    @property
     def chat_model_params(self) -> dict[str, Any]:
         return dict(type(self)._params)
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
 
     @property
     def structured_output_kwargs(self) -> dict[str, Any]:
         return {"method": "function_calling"}
 
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # the SLM is a loaded on-device model, not a per-request name
