@@ -27,10 +27,19 @@ def _normalize(message: dict[str, Any]) -> dict[str, Any]:
     if role not in _ROLES:
         raise ConfigError(f"message role {role!r} is not one of {sorted(_ROLES)}; map it before rendering.")
     out = {"role": role, "content": message.get("content") or ""}
-    if isinstance(out["content"], list):  # content blocks: keep the text ones
-        out["content"] = "".join(
-            b.get("text", "") if isinstance(b, dict) else str(b) for b in out["content"]
-        )
+    if isinstance(out["content"], list):  # OpenAI content parts: text only (the SLM reads nothing else)
+        parts = []
+        for b in out["content"]:
+            if isinstance(b, str) or (isinstance(b, dict) and b.get("type", "text") == "text"):
+                parts.append(b if isinstance(b, str) else str(b.get("text", "")))
+            else:
+                kind = b.get("type") if isinstance(b, dict) else type(b).__name__
+                raise ConfigError(f"message content holds a {kind!r} part; the SLM takes text only. Fix: remove "
+                                  "non-text parts (images, audio, files) or describe them in text.")
+        out["content"] = "".join(parts)
+    elif not isinstance(out["content"], str):
+        raise ConfigError(f"message content is a {type(out['content']).__name__}; pass a string or a list of "
+                          "text parts.")
     if message.get("tool_calls"):
         calls = []
         for call in message["tool_calls"]:

@@ -6,6 +6,7 @@ transformers' ``GenerationConfig.validate``.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Literal
@@ -38,7 +39,7 @@ class GenerationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_new_tokens: int = Field(256, ge=1)
+    max_new_tokens: int = Field(256, description="new tokens at most (>= 1; the adapters' max_tokens)")
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int | None = None
@@ -74,6 +75,14 @@ class GenerationConfig(BaseModel):
                 "raise max_draft_tokens or lower draft_tokens."
             )
         return self
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _positive_tokens(cls, v: int) -> int:
+        if v < 1:
+            raise ConfigError(f"max_new_tokens (max_tokens)={v} must be >= 1; pass a positive token budget, "
+                              "e.g. max_tokens=256.")
+        return v
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -111,6 +120,13 @@ class CloudConfig(BaseModel):
     )
     timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
     max_retries: int = Field(2, ge=0, description="retries of transient errors (connection, timeout, 429, 5xx)")
+    max_retry_s: float = Field(60.0, gt=0, description="bound on one call's total time across its retries "
+                               "(the attempts, their timeouts and the waits between them)")
+    retry_after_max_s: float = Field(10.0, ge=0, description="longest 429 Retry-After wait honoured; a longer "
+                                     "one is cut to this")
+    breaker_failures: int = Field(3, ge=0, description="consecutive failed calls (after their retries) that open "
+                                  "the endpoint's circuit breaker; 0 = no breaker")
+    breaker_reset_s: float = Field(30.0, gt=0, description="seconds the breaker stays open before one probe call")
     on_failure: FallbackPolicy = Field(
         "raise", description="after retries: 'raise' a CloudError (with the partial text) or continue 'local'"
     )
@@ -151,6 +167,9 @@ class RouterConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> RouterConfig:
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ConfigError(f"router threshold={self.threshold} is not a finite number; pass a real value "
+                              "(e.g. entropy 1.0, max_prob 0.5), or None for the router's default.")
         if self.rejection_risk is not None:
             if self.kind != "perturbation":
                 raise ConfigError(f"rejection_risk applies to kind='perturbation', not {self.kind!r}.")

@@ -99,14 +99,16 @@ class RequestDecoder:
 
     def run(self, out: Any) -> Iterator[TokenEvent]:
         produced_total = 0
-        while produced_total < self.gen.max_new_tokens and self.finish != "stop":
+        # the answer also ends where the SLM's context does (the engine refused prompts that fill it)
+        limit = min(self.gen.max_new_tokens, self.engine.local.context_length - self.n_prompt)
+        while produced_total < limit and self.finish != "stop":
             t0 = time.perf_counter()
             cloud_before = self.ledger.cloud_seconds
             produced = self._step()
             step_s = time.perf_counter() - t0
             self.ledger.local_seconds += step_s - (self.ledger.cloud_seconds - cloud_before)
             for item in produced:
-                if produced_total >= self.gen.max_new_tokens:
+                if produced_total >= limit:
                     self._drop_from(produced_total)
                     break
                 event = self._emit(item, produced_total, step_s / max(len(produced), 1))
@@ -283,9 +285,12 @@ class RequestDecoder:
         except CloudError as e:
             self.ledger.failed_cloud_calls += 1
             if self.cloud is None or self.cloud.config.on_failure == "raise":
-                raise CloudError(str(e), partial_text=self.text,
-                                 partial_token_ids=self.state.ids[self.n_prompt:prefix_len]) from e
-            self.cloud_down = True  # no more round trips that would each time out
+                # the same error (its type says whether the breaker skipped the call), now carrying the text
+                # released so far and the tokens behind it: nothing generated is lost
+                e.partial_text = self.text
+                e.partial_token_ids = self.state.ids[self.n_prompt:prefix_len]
+                raise
+            self.cloud_down = True  # no more round trips in this request that would each time out
             return None
         usage: CallUsage = reply.usage
         led = self.ledger

@@ -124,6 +124,13 @@ class HybridEngine:
             prompt_ids = list(prompt)
         if not prompt_ids:
             raise ConfigError("the prompt is empty; pass text or at least one token id.")
+        ctx = self.local.context_length
+        if len(prompt_ids) >= ctx:
+            raise ConfigError(
+                f"the prompt is {len(prompt_ids)} tokens, but the SLM {self.local.path.name!r} holds {ctx} "
+                "(prompt + answer). Fix: shorten the prompt (fewer turns or retrieved chunks), or use an SLM "
+                "with a longer context."
+            )
         generation = Generation(iter(()))
         generation._events = self._decode(prompt_ids, config, router or self.router, generation)
         return generation

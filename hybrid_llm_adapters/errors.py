@@ -36,5 +36,15 @@ class CloudError(HybridLLMError):
         self.partial_token_ids = list(partial_token_ids or [])
 
 
+class CloudUnavailableError(CloudError):
+    """The cloud was not asked: its circuit breaker is open after repeated failures (``retry_in_s``: seconds
+    until one probe request may try it again)."""
+
+    def __init__(self, message: str, *, retry_in_s: float = 0.0, partial_text: str = "",
+                 partial_token_ids: list[int] | None = None):
+        super().__init__(message, partial_text=partial_text, partial_token_ids=partial_token_ids)
+        self.retry_in_s = retry_in_s
+
+
 class CloudServerError(HybridLLMError):
     """The local vLLM cloud server could not be installed, started or stopped."""

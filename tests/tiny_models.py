@@ -38,7 +38,7 @@ def build_tiny_model(folder: Path, seed: int = 0, vocab_size: int = 400) -> Path
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, tie_word_embeddings=False,
     )
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)

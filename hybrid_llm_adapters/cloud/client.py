@@ -23,18 +23,53 @@ from typing import Any
 
 import httpx
 import openai
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from ..config import CloudConfig, GenerationConfig
 from ..errors import CloudError
+from .breaker import CircuitBreaker, breaker_for
 
 logger = logging.getLogger(__name__)
+
+
+
+class MalformedResponseError(Exception):
+    """The endpoint answered 200 with a body that is not a completion (bad JSON, no choices, no logprobs
+    where they are needed): a broken proxy or server, retried like a 5xx."""
+
 
 TRANSIENT_ERRORS = (
     openai.APIConnectionError,  # includes APITimeoutError
     openai.RateLimitError,
     openai.InternalServerError,
+    MalformedResponseError,
 )
+_BACKOFF = wait_exponential(multiplier=0.2, max=2.0)
+
+
+def retry_after_s(error: BaseException | None) -> float | None:
+    """Seconds a 429/503 answer asked us to wait (``Retry-After``: seconds or an HTTP date), else None."""
+    response = getattr(error, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
 
 TOKEN_ID_PREFIX = "token_id:"
 PROBE_TEXT = "def f(x):\n    return x  # héllo 你好"
@@ -114,6 +149,8 @@ class CloudClient:
         self.config = config
         with _PROBES_LOCK:
             self.capabilities = _PROBES.setdefault((config.base_url, config.model), EndpointCapabilities())
+        self.breaker: CircuitBreaker = breaker_for(config.base_url, config.breaker_failures,
+                                                   config.breaker_reset_s)
         self._client = openai.OpenAI(
             base_url=config.base_url,
             api_key=config.api_key.get_secret_value(),
@@ -134,6 +171,8 @@ class CloudClient:
             return self.config.send_token_ids
         caps = self.capabilities
         if caps.remote_probe_ids is None:
+            if self.breaker.retry_in() > 0:
+                return False  # the endpoint is down: this request hands over text; a later one probes again
             root = self.config.base_url.removesuffix("/v1")
             try:
                 resp = httpx.post(
@@ -142,8 +181,12 @@ class CloudClient:
                     timeout=self.config.timeout,
                     headers={"Authorization": f"Bearer {self.config.api_key.get_secret_value()}"},
                 )
+                if resp.status_code in (401, 403, 429) or resp.status_code >= 500:
+                    return False  # not an answer about /tokenize: ask again next request
                 caps.remote_probe_ids = list(resp.json().get("tokens") or []) if resp.status_code == 200 else []
-            except (httpx.HTTPError, ValueError):
+            except httpx.HTTPError:
+                return False  # unreachable now: not cached, so a recovered endpoint is probed again
+            except ValueError:
                 caps.remote_probe_ids = []
         shared = bool(caps.remote_probe_ids) and caps.remote_probe_ids == tokenizer.encode(
             PROBE_TEXT, add_special_tokens=False)
@@ -155,17 +198,23 @@ class CloudClient:
         caps = self.capabilities
         self.shares_tokenizer(tokenizer)
         if caps.max_logprobs is None:
-            caps.max_logprobs = self.config.logprobs
+            found = None
             for k in (20, 5):
                 try:
                     self._create({"model": self.config.model, "prompt": [0] if caps.shared_tokenizer else "a",
                                   "max_tokens": 1, "temperature": 0, "logprobs": k})
-                    caps.max_logprobs = k
+                    found = k
                     break
                 except CloudError:
-                    continue
-        if caps.echo_logprobs is None:
-            caps.echo_logprobs = bool(caps.shared_tokenizer) and self._echo_is_aligned(tokenizer)
+                    if self.breaker.state != "closed":
+                        break
+            # a probe that failed because the endpoint is down proves nothing: ask again once it is back
+            if found is not None or self.breaker.state == "closed":
+                caps.max_logprobs = found or self.config.logprobs
+        if caps.echo_logprobs is None and caps.max_logprobs is not None:
+            aligned = bool(caps.shared_tokenizer) and self._echo_is_aligned(tokenizer)
+            if aligned or self.breaker.state == "closed":
+                caps.echo_logprobs = aligned
         logger.info("cloud endpoint %s capabilities: %s", self.config.base_url, caps)
         return caps
 
@@ -195,7 +244,7 @@ class CloudClient:
         """Up to ``n`` tokens after ``prompt`` in one round trip (lookahead when n > 1)."""
         params = self._params(prompt, gen, n, seed, logprobs)
         start = time.perf_counter()
-        response = self._create(params)
+        response = self._create(params, require_logprobs=logprobs is not None)
         latency = time.perf_counter() - start
         choice = response.choices[0]
         tokens = self._tokens(choice.logprobs, 0) if choice.logprobs is not None else []
@@ -211,7 +260,7 @@ class CloudClient:
         params = self._params(prefix + drafts, gen, 1, seed, logprobs)
         params["echo"] = True
         start = time.perf_counter()
-        response = self._create(params)
+        response = self._create(params, require_logprobs=True)
         latency = time.perf_counter() - start
         choice = response.choices[0]
         tokens = self._tokens(choice.logprobs, 0)
@@ -241,10 +290,14 @@ class CloudClient:
                 params["seed"] = seed
         return params
 
-    def _create(self, params: dict[str, Any]) -> Any:
+    def _create(self, params: dict[str, Any], require_logprobs: bool = False) -> Any:
+        """One completion call through the breaker, with bounded retries of transient faults."""
+        cfg = self.config
+        probe = self.breaker.before_call()  # raises CloudUnavailableError while the breaker is open
+        start = time.monotonic()
         retrying = Retrying(
-            stop=stop_after_attempt(self.config.max_retries + 1),
-            wait=wait_exponential(multiplier=0.2, max=2.0),
+            stop=stop_after_attempt(cfg.max_retries + 1) | stop_after_delay(cfg.max_retry_s),
+            wait=self._wait,
             retry=retry_if_exception_type(TRANSIENT_ERRORS),
             reraise=False,
         )
@@ -252,30 +305,93 @@ class CloudClient:
             for attempt in retrying:
                 with attempt:
                     self.calls += 1
-                    return self._create_once(params)
+                    response = self._create_once(params, require_logprobs)
         except RetryError as e:
             last = e.last_attempt.exception()
+            self.breaker.record_failure()
+            n = e.last_attempt.attempt_number
+            logger.warning("cloud endpoint %s failed %d time(s): %s", cfg.base_url, n, type(last).__name__)
             raise CloudError(
-                f"cloud endpoint {self.config.base_url} failed {self.config.max_retries + 1} time(s): "
+                f"cloud endpoint {cfg.base_url} failed {n} time(s) in {time.monotonic() - start:.1f} s: "
                 f"{type(last).__name__}: {last}. Check that the server is up (`hybrid-llm cloud status`), "
-                "raise `timeout`/`max_retries`, or set on_failure='local' to continue on the device."
+                "raise `timeout`/`max_retries`/`max_retry_s`, or set on_failure='local' to continue on the device."
             ) from last
+        except openai.APIStatusError as e:
+            self.breaker.record_success()  # the server answered: a request problem, not an outage
+            raise self._rejected(e) from e
         except openai.APIError as e:
-            raise CloudError(
-                f"cloud endpoint {self.config.base_url} rejected the request: {type(e).__name__}: {e}. "
-                f"Check the cloud model name ({self.config.model!r}) and the API key."
-            ) from e
-        raise AssertionError("unreachable")
+            if probe:
+                self.breaker.release_probe()
+            raise CloudError(f"cloud endpoint {cfg.base_url} failed: {type(e).__name__}: {e}.") from e
+        except BaseException:
+            if probe:
+                self.breaker.release_probe()
+            raise
+        self.breaker.record_success()
+        return response
 
-    def _create_once(self, params: dict[str, Any]) -> Any:
-        if self.capabilities.token_ids_in_response:
-            try:
-                return self._client.completions.create(**params, extra_body={"return_tokens_as_token_ids": True})
-            except openai.BadRequestError as e:
-                if "return_tokens_as_token_ids" not in str(e):
-                    raise
-                self.capabilities.token_ids_in_response = False
-        return self._client.completions.create(**params)
+    def _wait(self, state: RetryCallState) -> float:
+        """Honour a 429/503 ``Retry-After`` (capped by retry_after_max_s), else exponential back-off; never
+        past the call's ``max_retry_s``."""
+        error = state.outcome.exception() if state.outcome is not None else None
+        asked = retry_after_s(error)
+        wait = min(asked, self.config.retry_after_max_s) if asked is not None else _BACKOFF(state)
+        left = self.config.max_retry_s - state.seconds_since_start
+        return max(0.0, min(wait, left))
+
+    def _rejected(self, e: openai.APIStatusError) -> CloudError:
+        """A clear error for a non-transient refusal: wrong key, unknown model, bad request."""
+        cfg = self.config
+        if e.status_code in (401, 403):
+            return CloudError(
+                f"cloud endpoint {cfg.base_url} refused the API key ({e.status_code} {type(e).__name__}). Fix: pass "
+                "the endpoint's key as api_key=..., or set HYBRID_LLM_API_KEY (then OPENAI_API_KEY); a local vLLM "
+                "started without --api-key accepts any key."
+            )
+        if e.status_code == 404:
+            served = self._served_models()
+            listed = f"; it serves {served}" if served else ""
+            return CloudError(
+                f"cloud endpoint {cfg.base_url} does not serve model {cfg.model!r} (404{listed}). Fix: set the "
+                "cloud model name (cloud_model=... in the adapters, CloudConfig.model, $HYBRID_LLM_CLOUD_MODEL) "
+                "to one the server serves, or check base_url."
+            )
+        return CloudError(
+            f"cloud endpoint {cfg.base_url} rejected the request: {type(e).__name__}: {e}. "
+            f"Check the cloud model name ({cfg.model!r}) and the API key."
+        )
+
+    def _served_models(self) -> list[str]:
+        try:
+            return [m.id for m in self._client.models.list()]
+        except (openai.APIError, ValueError):
+            return []
+
+    def _create_once(self, params: dict[str, Any], require_logprobs: bool = False) -> Any:
+        try:
+            if self.capabilities.token_ids_in_response:
+                try:
+                    response = self._client.completions.create(
+                        **params, extra_body={"return_tokens_as_token_ids": True})
+                    return self._checked(response, require_logprobs)
+                except openai.BadRequestError as e:
+                    if "return_tokens_as_token_ids" not in str(e):
+                        raise
+                    self.capabilities.token_ids_in_response = False
+            return self._checked(self._client.completions.create(**params), require_logprobs)
+        except ValueError as e:  # the SDK's json.loads on a body that is not JSON
+            raise MalformedResponseError(f"the reply is not valid JSON ({e})") from e
+
+    @staticmethod
+    def _checked(response: Any, require_logprobs: bool) -> Any:
+        """A reply the decoder can use: at least one choice, with logprobs when the request asked for them
+        (a reply without them cannot verify a draft; ``replace`` mode asks without requiring them)."""
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise MalformedResponseError(f"the reply has no completion choices (got {str(response)[:120]!r})")
+        if require_logprobs and getattr(choices[0], "logprobs", None) is None:
+            raise MalformedResponseError("the reply has no logprobs, which verifying a draft needs")
+        return response
 
     @staticmethod
     def _token_id(token: str) -> int | None:

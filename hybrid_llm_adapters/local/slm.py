@@ -43,6 +43,11 @@ class LocalModel:
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
 
+    @property
+    def context_length(self) -> int:
+        """Tokens (prompt + answer) the SLM can attend to."""
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+
     def new_state(self, prompt_ids: list[int]) -> SLMState:
         return SLMState(self, list(prompt_ids))
 

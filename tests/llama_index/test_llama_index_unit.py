@@ -113,7 +113,7 @@ def test_metadata(llm: HybridChatModel) -> None:
     meta = llm.metadata
     assert meta.is_chat_model and meta.is_function_calling_model
     assert meta.num_output == 10
-    assert meta.context_window == 512  # the tiny SLM's max_position_embeddings
+    assert meta.context_window == 4096  # the tiny SLM's max_position_embeddings
     assert meta.model_name.startswith("hybrid/")
     assert HybridChatModel(model="x", context_window=2048).metadata.context_window == 2048  # no engine load
 

@@ -32,8 +32,13 @@ _CHAT_ROLES = {"system": "system", "user": "user", "human": "user", "assistant":
                "tool": "tool", "developer": "system"}
 
 
+# blocks that restate what other fields carry (tool calls) or that are not re-sent (reasoning): dropped
+_DROPPED_BLOCKS = {"tool_use", "tool_call", "tool_call_chunk", "function_call", "thinking", "reasoning"}
+
+
 def _text_of(content: str | list[Any]) -> str:
-    """The text of a message's content; non-text blocks (tool_use, images) are dropped."""
+    """The text of a message's content. Media blocks (images, audio, files) are refused: the SLM reads text
+    only, and silently dropping them would answer a different question."""
     if isinstance(content, str):
         return content
     parts: list[str] = []
@@ -42,6 +47,12 @@ def _text_of(content: str | list[Any]) -> str:
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") in _DROPPED_BLOCKS:
+            continue
+        else:
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            raise ValueError(f"HybridChatModel takes text content only; got a {kind!r} block. Fix: remove "
+                             "non-text blocks (images, audio, files) or describe them in text.")
     return "".join(parts)
 
 
