@@ -143,6 +143,15 @@ class CloudConfig(BaseModel):
         return v.rstrip("/")
 
 
+def finite_threshold(value: float | None) -> float | None:
+    """A router threshold must be a real number: NaN compares false with every score (the router would never
+    or always call the cloud, silently) and an infinity pins it to one side."""
+    if value is not None and not math.isfinite(value):
+        raise ConfigError(f"router threshold={value} is not a finite number; pass a real value (e.g. entropy "
+                          "1.0, max_prob 0.5), or None for the router's default.")
+    return value
+
+
 class RouterConfig(BaseModel):
     """Which router decides local vs cloud, and its threshold.
 
@@ -167,9 +176,7 @@ class RouterConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> RouterConfig:
-        if self.threshold is not None and not math.isfinite(self.threshold):
-            raise ConfigError(f"router threshold={self.threshold} is not a finite number; pass a real value "
-                              "(e.g. entropy 1.0, max_prob 0.5), or None for the router's default.")
+        finite_threshold(self.threshold)
         if self.rejection_risk is not None:
             if self.kind != "perturbation":
                 raise ConfigError(f"rejection_risk applies to kind='perturbation', not {self.kind!r}.")

@@ -105,7 +105,11 @@ class SeparateRewardModel:
         self.manifest = RewardManifest.model_validate_json(manifest_file.read_text())
         if tokenizer is not None:
             check_manifest(self.manifest, tokenizer, str(path))
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.bfloat16)
+        from .slm import require_safetensors
+
+        require_safetensors(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=torch.bfloat16, use_safetensors=True, trust_remote_code=False)
         self.model.eval()
 
     def new_state(self) -> RewardModelState:

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
+from ..errors import ModelIntegrityError
+
 
 @dataclass
 class LocalModel:
@@ -52,11 +54,25 @@ class LocalModel:
         return SLMState(self, list(prompt_ids))
 
 
+def require_safetensors(path: str | Path) -> None:
+    """Refuse a model folder without safetensors weights: pickle (.bin/.pt) weights can run code on load."""
+    folder = Path(path)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        raise ModelIntegrityError(
+            f"model folder {str(folder)!r} has no .safetensors weights; pickled weights (.bin, .pt) can run "
+            "code when loaded, so they are refused. Fix: convert once with "
+            "`AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst)` (safetensors by default) in a "
+            "sandbox you trust, or use a catalog model."
+        )
+
+
 @functools.lru_cache(maxsize=8)
 def _load(path: str, dtype_name: str) -> LocalModel:
     dtype = getattr(torch, dtype_name)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    require_safetensors(path)
+    # no model code from the folder or the hub runs here: trust_remote_code stays off
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, trust_remote_code=False)
     model.eval()
     return LocalModel(Path(path), model, tokenizer)
 

@@ -27,7 +27,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env, secret_from_env
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
 from hybrid_llm_adapters import (
     CloudConfig,
@@ -43,7 +43,13 @@ from hybrid_llm_adapters import (
 from hybrid_llm_adapters.accounting import cloud_only_cost
 from hybrid_llm_adapters.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from hybrid_llm_adapters.chat_api import PreparedChat, finish_chat, prepare_chat, tool_names
-from hybrid_llm_adapters.config import DEFAULT_CLOUD_BASE_URL, DEFAULT_CLOUD_MODEL, CloudMode, RouterKind
+from hybrid_llm_adapters.config import (
+    DEFAULT_CLOUD_BASE_URL,
+    DEFAULT_CLOUD_MODEL,
+    CloudMode,
+    RouterKind,
+    finite_threshold,
+)
 
 from ._convert import Delta, ToolCallStreamParser, normalize_tool_choice, to_chat_dicts
 
@@ -130,6 +136,11 @@ class HybridChatModel(BaseChatModel):
     dtype: str = "bfloat16"
 
     _engine: HybridEngine | None = PrivateAttr(default=None)
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite_threshold(cls, v: float | None) -> float | None:
+        return finite_threshold(v)
 
     # -- LangChain plumbing -------------------------------------------------------------------------
     @property

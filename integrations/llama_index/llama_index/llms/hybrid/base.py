@@ -30,7 +30,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, SecretStr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
@@ -47,7 +47,7 @@ from hybrid_llm_adapters import (
     get_engine,
 )
 from hybrid_llm_adapters.chat_api import ChatOutput, PreparedChat, finish_chat, prepare_chat
-from hybrid_llm_adapters.config import FallbackPolicy, RouterKind
+from hybrid_llm_adapters.config import FallbackPolicy, RouterKind, finite_threshold
 
 from .events import HybridLLMUsageEvent
 from .utils import (
@@ -123,6 +123,11 @@ class HybridChatModel(FunctionCallingLLM):
         "SLM's and the cloud server's limit (e.g. vLLM --max-model-len) for RAG prompt packing.")
 
     _engine: HybridEngine | None = PrivateAttr(default=None)
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite_threshold(cls, v: float | None) -> float | None:
+        return finite_threshold(v)
 
     @classmethod
     def class_name(cls) -> str:
