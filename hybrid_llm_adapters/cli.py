@@ -201,9 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     cloud.add_argument("--kv-cache-gib", type=int, default=4)
     cloud.set_defaults(func=cmd_cloud)
 
+    from .evaluation.cli import add_evaluation_commands
     from .training.cli import add_training_commands
 
     add_training_commands(sub)
+    add_evaluation_commands(sub)
     return parser
 
 

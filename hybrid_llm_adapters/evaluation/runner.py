@@ -1,0 +1,198 @@
+"""Run one evaluation configuration over a task, resumably, and summarize it.
+
+Each configuration writes one JSONL file: a header line with the configuration, then one record per
+problem. A rerun skips the problems already recorded, so a long run (a cloud-only pass over 100 GSM8K
+problems takes about an hour on 2 cores) can be stopped and continued; a header that disagrees with the
+requested configuration is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from ..accounting import UsageLedger, call_cost
+from ..config import CloudMode, GenerationConfig, RouterConfig
+from ..errors import CloudError, ConfigError
+from .cost import Deployments, api_cost, remote_seconds, self_hosted_cost
+from .stats import wilson_interval
+from .tasks import Problem, get_task
+
+System = Literal["hybrid", "slm", "cloud"]
+
+
+class EvalConfig(BaseModel):
+    """One evaluated configuration: the task, which system answers, and how the hybrid routes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = "gsm8k"
+    system: System = Field("hybrid", description="hybrid; slm: the SLM alone; cloud: the cloud LLM alone, one call")
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    cloud_mode: CloudMode = "replace"
+    max_new_tokens: int | None = Field(None, ge=1, description="None: the task's default")
+    label: str | None = None
+
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        if self.system != "hybrid":
+            return f"{self.system}-only"
+        r = self.router
+        knob = (f"act{r.target_activation}" if r.target_activation is not None else f"t{r.threshold}")
+        return f"{r.kind}-{knob}-{self.cloud_mode}"
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for records to be resumed into this configuration."""
+        data = self.model_dump(mode="json", exclude={"label"})
+        data["max_new_tokens"] = self.max_new_tokens or get_task(self.task).max_new_tokens
+        return data
+
+
+@dataclass
+class EvalRun:
+    """A configuration and its per-problem records (in file order)."""
+
+    config: EvalConfig
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: Path | None = None
+
+    @classmethod
+    def open(cls, config: EvalConfig, path: Path | None) -> EvalRun:
+        run = cls(config, {}, path)
+        if path is None:
+            return run
+        if path.exists() and path.stat().st_size:
+            lines = path.read_text().splitlines()
+            header = json.loads(lines[0])
+            if header.get("config") != config.identity():
+                raise ConfigError(
+                    f"{path} holds results of a different configuration ({header.get('config')}); pass another "
+                    "--out, or delete the file to start over."
+                )
+            for line in lines[1:]:
+                if line.strip():
+                    rec = json.loads(line)
+                    run.records[rec["id"]] = rec
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"config": config.identity()}) + "\n")
+        return run
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records[record["id"]] = record
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class Evaluator:
+    """Answers problems for one configuration on a shared engine (the SLM is loaded once per process)."""
+
+    def __init__(self, engine: Any, config: EvalConfig):
+        from ..routing import build_router
+
+        self.engine, self.config = engine, config
+        self.task = get_task(config.task)
+        self.gen = GenerationConfig(max_new_tokens=config.max_new_tokens or self.task.max_new_tokens,
+                                    cloud_mode=config.cloud_mode)
+        if config.system == "slm":
+            self.router = build_router(RouterConfig(kind="local"), engine.tokenizer, engine.local.hidden_size)
+        elif config.system == "hybrid":
+            self.router = build_router(config.router, engine.tokenizer, engine.local.hidden_size, engine.prices)
+        if config.system != "slm" and engine.cloud is None:
+            raise ConfigError(f"system {config.system!r} needs a cloud; build the engine with a CloudConfig.")
+
+    def answer(self, problem: Problem) -> dict[str, Any]:
+        ids = self.engine.render(problem.messages)
+        start = time.perf_counter()
+        if self.config.system == "cloud":
+            text, n_tokens, finish, ledger = self._cloud_only(ids)
+        else:
+            result = self.engine.generate(ids, self.gen, router=self.router)
+            text, n_tokens, finish, ledger = result.text, len(result.token_ids), result.finish_reason, result.ledger
+        wall = time.perf_counter() - start
+        score = self.task.score(problem, text)
+        return {"id": problem.id, "correct": score.correct, "extracted": score.extracted, "detail": score.detail,
+                "reference": problem.reference, "completion": text, "finish_reason": finish, "tokens": n_tokens,
+                "wall_s": wall, "ledger": ledger.model_dump(exclude={"generated_tokens", "activation_ratio",
+                                                                      "savings_usd", "calls_per_checked_token"})}
+
+    def _cloud_only(self, ids: list[int]) -> tuple[str, int, str, UsageLedger]:
+        """The whole answer in one request, as a cloud-only deployment would ask for it."""
+        client, prices = self.engine.cloud, self.engine.prices
+        try:
+            reply = client.next_tokens(ids, self.gen, self.gen.max_new_tokens, logprobs=1)
+        except CloudError as e:
+            raise CloudError(f"cloud-only answer failed: {e}") from e
+        usage = reply.usage
+        n = usage.completion_tokens or len(reply.tokens)
+        billed = usage.prompt_tokens or len(ids)
+        cost = call_cost(prices, billed, n, usage.cached_tokens)  # this run is the cloud-only cost
+        ledger = UsageLedger(requests=1, prompt_tokens=len(ids), cloud_tokens=n, cloud_calls=1,
+                             billed_prompt_tokens=billed, billed_completion_tokens=n,
+                             cached_prompt_tokens=usage.cached_tokens, cloud_seconds=reply.latency_s,
+                             cloud_mode="cloud_only", cost_usd=cost, cloud_only_cost_usd=cost)
+        text = reply.text or "".join(t.text for t in reply.tokens)
+        finish = "length" if reply.finish_reason == "length" else "stop"
+        return text, n, finish, ledger
+
+
+def run_eval(engine: Any, config: EvalConfig, problems: list[Problem], out: Path | None = None,
+             progress: bool = True) -> EvalRun:
+    """Answer every problem not yet in ``out``; returns the run with all its records."""
+    run = EvalRun.open(config, out)
+    evaluator = Evaluator(engine, config)
+    todo = [p for p in problems if p.id not in run.records]
+    for problem in tqdm(todo, desc=config.name(), disable=not progress, unit="problem"):
+        run.add(evaluator.answer(problem))
+    return run
+
+
+def summarize(records: list[dict[str, Any]], deployments: Deployments | None = None) -> dict[str, Any]:
+    """Accuracy (with a 95 % Wilson interval), activation, speed, calls, tokens, and cost in both deployments."""
+    dep = deployments or Deployments()
+    n = len(records)
+    correct = sum(bool(r["correct"]) for r in records)
+    ledgers = [UsageLedger(**r["ledger"]) for r in records]
+    total = sum(ledgers, UsageLedger()) if ledgers else UsageLedger()
+    tokens = sum(r["tokens"] for r in records)
+    wall = sum(r["wall_s"] for r in records)
+    busy = total.local_seconds + total.cloud_seconds
+    remote = sum(remote_seconds(x, dep.remote) for x in ledgers)
+    cloud_only_self = sum(
+        (x.prompt_tokens * dep.self_hosted.prefill_per_mtok + x.generated_tokens * dep.self_hosted.decode_per_mtok) / 1e6
+        + dep.self_hosted.per_call for x in ledgers)
+    lo, hi = wilson_interval(correct, n)
+    return {
+        "problems": n,
+        "correct": correct,
+        "accuracy": correct / n if n else 0.0,
+        "accuracy_ci95": [lo, hi],
+        "cutoff_rate": sum(r["finish_reason"] == "length" for r in records) / n if n else 0.0,
+        "generated_tokens": tokens,
+        "tokens_per_s": tokens / wall if wall else 0.0,
+        "activation_ratio": total.activation_ratio,
+        "cloud_calls": total.cloud_calls,
+        "failed_cloud_calls": total.failed_cloud_calls,
+        "cloud_calls_per_cloud_token": total.cloud_calls / total.cloud_tokens if total.cloud_tokens else None,
+        "cloud_calls_per_cloud_decided_token": total.calls_per_checked_token,
+        "billed_prompt_tokens": total.billed_prompt_tokens,
+        "billed_completion_tokens": total.billed_completion_tokens,
+        "api_cost_usd": sum(api_cost(x, dep.api) for x in ledgers),
+        "api_cost_if_cloud_only_usd": total.cloud_only_cost_usd,
+        "self_hosted_cost_usd": sum(self_hosted_cost(x, dep.self_hosted) for x in ledgers),
+        "self_hosted_cost_if_cloud_only_usd": cloud_only_self,
+        "wall_s": wall,
+        "local_s": total.local_seconds,
+        "cloud_s": total.cloud_seconds,
+        "loop_overhead_fraction": (wall - busy) / wall if wall else 0.0,
+        "remote_projected_s": remote,
+        "remote_projected_tokens_per_s": tokens / remote if remote else None,
+    }
