@@ -9,7 +9,7 @@ INTEGRATIONS := $(wildcard integrations/*/pyproject.toml)
 ADAPTERS := -e 'integrations/langchain[test]' -e 'integrations/llama_index[rag]'
 PYTEST_ARGS ?=
 
-.PHONY: install models cloud cloud-stop demo test lint bench reward clean
+.PHONY: install models cloud cloud-stop demo test lint bench quality reward clean
 
 $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: cloud
 bench: cloud
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/uncertainty_sweep.py
+
+# GSM8K + HumanEval quality run (resumable: each call continues the committed records; QUALITY_MINUTES bounds it)
+QUALITY_MINUTES ?= 120
+quality: cloud
+	$(BIN)/python benchmarks/quality.py --gsm8k $(SHARED)/data/gsm8k/test_public.jsonl --max-minutes $(QUALITY_MINUTES)
 
 # Rebuild the shipped reward head end to end: synthesize pairs from the SLM and the cloud (both on vLLM), train
 # both reward-model kinds, evaluate, calibrate, copy the trunk head into the package (about an hour on 2 cores).
