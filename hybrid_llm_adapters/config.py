@@ -23,6 +23,14 @@ DEFAULT_CLOUD_BASE_URL = "http://127.0.0.1:8765/v1"
 DEFAULT_CLOUD_MODEL = "qwen2.5-coder-1.5b-instruct"
 
 
+def positive_tokens(value: int | None) -> int | None:
+    """A token budget (max_new_tokens, the adapters' max_tokens) must allow at least one token."""
+    if value is not None and value < 1:
+        raise ConfigError(f"max_tokens={value} must be >= 1 (it bounds the answer's new tokens); pass a positive "
+                          "budget, e.g. max_tokens=256.")
+    return value
+
+
 class PriceTable(BaseModel):
     """Prices in USD per million tokens (and per call). Defaults are illustrative, not a real tariff."""
 
@@ -79,10 +87,7 @@ class GenerationConfig(BaseModel):
     @field_validator("max_new_tokens")
     @classmethod
     def _positive_tokens(cls, v: int) -> int:
-        if v < 1:
-            raise ConfigError(f"max_new_tokens (max_tokens)={v} must be >= 1; pass a positive token budget, "
-                              "e.g. max_tokens=256.")
-        return v
+        return positive_tokens(v)
 
     @field_validator("stop", mode="before")
     @classmethod

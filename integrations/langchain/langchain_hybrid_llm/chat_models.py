@@ -49,6 +49,7 @@ from hybrid_llm_adapters.config import (
     CloudMode,
     RouterKind,
     finite_threshold,
+    positive_tokens,
 )
 
 from ._convert import Delta, ToolCallStreamParser, normalize_tool_choice, to_chat_dicts
@@ -95,7 +96,7 @@ class HybridChatModel(BaseChatModel):
     model_name: str = Field(default=DEFAULT_SLM, alias="model",
                             description="the on-device SLM: catalog name, local folder or HF id")
     temperature: float = 0.0
-    max_tokens: int | None = Field(default=256, ge=1, description="maximum new tokens per answer")
+    max_tokens: int | None = Field(default=256, description="maximum new tokens per answer (>= 1)")
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
@@ -141,6 +142,11 @@ class HybridChatModel(BaseChatModel):
     @classmethod
     def _finite_threshold(cls, v: float | None) -> float | None:
         return finite_threshold(v)
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _positive_tokens(cls, v: int | None) -> int | None:
+        return positive_tokens(v)
 
     # -- LangChain plumbing -------------------------------------------------------------------------
     @property

@@ -47,7 +47,7 @@ from hybrid_llm_adapters import (
     get_engine,
 )
 from hybrid_llm_adapters.chat_api import ChatOutput, PreparedChat, finish_chat, prepare_chat
-from hybrid_llm_adapters.config import FallbackPolicy, RouterKind, finite_threshold
+from hybrid_llm_adapters.config import FallbackPolicy, RouterKind, finite_threshold, positive_tokens
 
 from .events import HybridLLMUsageEvent
 from .utils import (
@@ -113,7 +113,7 @@ class HybridChatModel(FunctionCallingLLM):
     prices: PriceTable = Field(default_factory=PriceTable, description="USD per million tokens, per call")
     dtype: str = Field("bfloat16", description="SLM dtype")
     # -- decoding defaults (per call: the same names; ``max_new_tokens`` is accepted for ``max_tokens``) ---
-    max_tokens: int = Field(256, ge=1, description="maximum new tokens per answer")
+    max_tokens: int = Field(256, description="maximum new tokens per answer (>= 1)")
     temperature: float = Field(0.0, ge=0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int | None = Field(None)
@@ -128,6 +128,11 @@ class HybridChatModel(FunctionCallingLLM):
     @classmethod
     def _finite_threshold(cls, v: float | None) -> float | None:
         return finite_threshold(v)
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _positive_tokens(cls, v: int) -> int:
+        return positive_tokens(v)  # type: ignore[return-value]
 
     @classmethod
     def class_name(cls) -> str:
