@@ -26,6 +26,7 @@ from readme_table import markdown_table, write_section
 from hybrid_llm_adapters import CloudConfig, RouterConfig
 from hybrid_llm_adapters.engine import EngineConfig, get_engine
 from hybrid_llm_adapters.evaluation import Deployments, EvalConfig, get_task
+from hybrid_llm_adapters.evaluation.runner import Evaluator, summarize
 from hybrid_llm_adapters.evaluation.sweep import EvalRun, plot_sweep, run_interleaved, summarize_runs
 
 HERE = Path(__file__).resolve().parent
@@ -79,8 +80,32 @@ def check_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def speed_check(engine: Any, task: str, problems: list, rows: list[dict[str, Any]], n: int,
+                deployments: Deployments) -> dict[str, Any] | None:
+    """Cloud-only and the operating point side by side on ``n`` problems, answered afresh in this sitting.
+
+    The quality run's own timings are taken over hours in which other jobs may share the two cores; this
+    short check is meant to run on an otherwise idle machine, and it is what the speed target is read from.
+    """
+    point = check_targets(rows).get("operating_point") if rows else None
+    if point is None or n <= 0:
+        return None
+    by_name = {c.name(): c for c in configs_for(task)}
+    out: dict[str, Any] = {"operating_point": point, "problems": [p.id for p in problems[:n]], "rows": []}
+    for name in ("cloud-only", point):
+        evaluator = Evaluator(engine, by_name[name])
+        records = [evaluator.answer(p) for p in problems[:n]]
+        out["rows"].append({"name": name, **summarize(records, deployments)})
+    cloud, hybrid = out["rows"]
+    out["speed_ratio_measured"] = hybrid["tokens_per_s"] / cloud["tokens_per_s"]
+    out["speed_ratio_remote_projection"] = (hybrid["remote_projected_tokens_per_s"]
+                                            / cloud["remote_projected_tokens_per_s"])
+    out["loop_overhead_fraction"] = hybrid["loop_overhead_fraction"]
+    return out
+
+
 def report(tasks: dict[str, list], runs: dict[str, list[EvalRun]], deployments: Deployments,
-           meta: dict[str, Any]) -> dict[str, Any]:
+           meta: dict[str, Any], engine: Any = None, speed_problems: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {**meta, "deployments": deployments.model_dump(), "tasks": {}}
     table_rows = []
     for task, problems in tasks.items():
@@ -89,8 +114,9 @@ def report(tasks: dict[str, list], runs: dict[str, list[EvalRun]], deployments: 
         plot_dir = RESULTS / "quality" / task
         plot_dir.mkdir(parents=True, exist_ok=True)
         plots = plot_sweep(rows, plot_dir, f"{task}: {n} problems (2 CPU cores)") if n else []
+        speed = speed_check(engine, task, problems, rows, speed_problems, deployments) if engine else None
         out["tasks"][task] = {"problems": n, "rows": rows, "targets": check_targets(rows) if n else None,
-                              "plots": [str(p.relative_to(HERE.parent)) for p in plots]}
+                              "speed_check": speed, "plots": [str(p.relative_to(HERE.parent)) for p in plots]}
         for r in rows:
             lo, hi = r["accuracy_ci95"]
             table_rows.append([task, r["name"], n, f"{r['accuracy']:.2f} [{lo:.2f}, {hi:.2f}]",
@@ -99,6 +125,21 @@ def report(tasks: dict[str, list], runs: dict[str, list[EvalRun]], deployments: 
                                r.get("api_cost_vs_cloud_only") or 0.0, r.get("self_hosted_cost_vs_cloud_only") or 0.0,
                                f"{r['cutoff_rate']:.0%}", f"{r['loop_overhead_fraction']:.1%}"])
     (RESULTS / "quality.json").write_text(json.dumps(out, indent=2) + "\n")
+    target_rows = []
+    for task, data in out["tasks"].items():
+        t, sp = data["targets"] or {}, data["speed_check"] or {}
+        if not t.get("operating_point"):
+            continue
+        target_rows.append([
+            task, data["problems"], t["operating_point"], f"{t['accuracy_ratio']:.0%}",
+            "met" if t["quality_met"] else "not met",
+            f"{sp['speed_ratio_measured']:.2f}x ({len(sp['problems'])} problems)" if sp else "-",
+            f"{sp['speed_ratio_remote_projection']:.2f}x" if sp else "-",
+            f"{sp['loop_overhead_fraction']:.1%}" if sp else f"{t['loop_overhead_fraction']:.1%}"])
+    write_section("quality_targets", markdown_table(
+        ["task", "problems", "operating point (best at <= 35 % activation)", "accuracy / cloud-only",
+         ">= 95 %", "tok/s / cloud-only here (idle check)", "tok/s / cloud-only, remote (proj.)",
+         "loop overhead"], target_rows))
     headers = ["task", "configuration", "problems", "accuracy [95% CI]", "activation", "tok/s here",
                "tok/s remote (proj.)", "API cost / cloud-only", "self-hosted cost / cloud-only", "cut off",
                "loop overhead"]
@@ -115,6 +156,8 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=None, help="stop this sitting after this long")
     ap.add_argument("--report-only", action="store_true", help="summarize the records without answering more")
     ap.add_argument("--runs-dir", type=Path, default=RESULTS / "quality_runs")
+    ap.add_argument("--speed-problems", type=int, default=2,
+                    help="problems per task for the side-by-side speed check at the operating point (0: skip)")
     args = ap.parse_args()
 
     tasks = {"gsm8k": get_task("gsm8k").load(args.gsm8k, args.gsm8k_limit),
@@ -140,7 +183,7 @@ def main() -> None:
             "slm": "qwen2.5-coder-0.5b-instruct (transformers, bf16)",
             "cloud": "qwen2.5-coder-1.5b-instruct (vLLM CPU, bf16, 127.0.0.1)", "greedy": True,
             "max_new_tokens": {t: get_task(t).max_new_tokens for t in tasks}}
-    result = report(tasks, runs, deployments, meta)
+    result = report(tasks, runs, deployments, meta, engine, args.speed_problems)
     for task, data in result["tasks"].items():
         print(task, data["problems"], "problems; targets:", data["targets"])
 
