@@ -8,12 +8,13 @@ from __future__ import annotations
 from .accounting import UsageLedger
 from .config import CloudConfig, GenerationConfig, PriceTable, RouterConfig
 from .engine import EngineConfig, Generation, HybridEngine, get_engine
-from .errors import CloudError, ConfigError, HybridLLMError
+from .errors import CloudError, CloudUnavailableError, ConfigError, HybridLLMError
 from .events import GenerationResult, TokenEvent
 
 __all__ = [
     "CloudConfig",
     "CloudError",
+    "CloudUnavailableError",
     "ConfigError",
     "EngineConfig",
     "Generation",

@@ -9,8 +9,12 @@ Three request shapes, all on ``/v1/completions``:
   the largest ``logprobs``, whether the endpoint tokenizes like the SLM).
 
 The prompt is a list of token ids when SLM and cloud share a tokenizer, else text. Transient errors
-(connection, timeout, 429, 5xx) are retried with tenacity and re-raised at the end as ``CloudError``; the
-engine then raises or continues locally. The openai SDK's own retries are off so that one policy governs.
+(connection, timeout, 429, 5xx, a malformed reply) are retried with tenacity, bounded in attempts
+(``max_retries``) and in time (``max_retry_s``), honouring a 429's ``Retry-After`` up to
+``retry_after_max_s``, and re-raised at the end as ``CloudError``; the engine then raises or continues
+locally. The openai SDK's own retries are off so that one policy governs. Every call passes the endpoint's
+circuit breaker (``breaker.py``), so a dead endpoint is skipped at once instead of costing every request its
+retries.
 """
 
 from __future__ import annotations
@@ -313,7 +317,7 @@ class CloudClient:
             logger.warning("cloud endpoint %s failed %d time(s): %s", cfg.base_url, n, type(last).__name__)
             raise CloudError(
                 f"cloud endpoint {cfg.base_url} failed {n} time(s) in {time.monotonic() - start:.1f} s: "
-                f"{type(last).__name__}: {last}. Check that the server is up (`hybrid-llm cloud status`), "
+                f"{type(last).__name__}: {str(last).rstrip('.')}. Check that the server is up (`hybrid-llm cloud status`), "
                 "raise `timeout`/`max_retries`/`max_retry_s`, or set on_failure='local' to continue on the device."
             ) from last
         except openai.APIStatusError as e:
