@@ -52,6 +52,7 @@ class FaultProxy:
         self.auth_headers: list[str] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._closing: threading.Thread | None = None
         self.port = 0
         self._listen()
 
@@ -66,6 +67,9 @@ class FaultProxy:
         assert mode == "pass" or mode in FAULT_MODES, mode
         with self.lock:
             self.mode, self.count, self.after = mode, count, after
+        if self._closing is not None:  # a killed server finishes dying before it restarts
+            self._closing.join()
+            self._closing = None
         if mode == "refuse":
             self._close()
         elif self._server is None:
@@ -174,7 +178,8 @@ class FaultProxy:
                     data = json.dumps(reply).encode()
                 if fault == "kill":
                     self._send(status, data, cut=True)
-                    threading.Thread(target=proxy._close, daemon=True).start()
+                    proxy._closing = threading.Thread(target=proxy._close, daemon=True)
+                    proxy._closing.start()
                     return
                 self._send(status, data)
 
