@@ -11,9 +11,10 @@ The adapter is thin. Messages become OpenAI-style dicts and go through the core'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -31,6 +32,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
 from hybrid_llm_adapters import (
     CloudConfig,
+    CloudError,
     EngineConfig,
     GenerationConfig,
     GenerationResult,
@@ -287,9 +289,10 @@ class HybridChatModel(BaseChatModel):
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         req = self._request(self.engine, messages, stop, kwargs)
         prompt: list[int] | None = req.prepared.prompt_ids
-        while prompt is not None:
-            result = self.engine.generate(prompt, req.phase_config())
-            prompt, _ = req.after_phase(result)
+        with req.keeping_partial_text():
+            while prompt is not None:
+                result = self.engine.generate(prompt, req.phase_config())
+                prompt, _ = req.after_phase(result)
         return req.chat_result()
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -297,9 +300,10 @@ class HybridChatModel(BaseChatModel):
         engine = await self._aengine()
         req = await asyncio.to_thread(self._request, engine, messages, stop, kwargs)
         prompt: list[int] | None = req.prepared.prompt_ids
-        while prompt is not None:
-            result = await engine.agenerate(prompt, req.phase_config())
-            prompt, _ = await asyncio.to_thread(req.after_phase, result)
+        with req.keeping_partial_text():
+            while prompt is not None:
+                result = await engine.agenerate(prompt, req.phase_config())
+                prompt, _ = await asyncio.to_thread(req.after_phase, result)
         return req.chat_result()
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -309,7 +313,7 @@ class HybridChatModel(BaseChatModel):
         prompt: list[int] | None = req.prepared.prompt_ids
         while prompt is not None:
             gen = self.engine.stream(prompt, req.phase_config())
-            for event in gen:
+            for event in req.partial_on_error(gen):
                 if (chunk := req.on_event(event)) is not None:
                     if run_manager:
                         run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -333,7 +337,7 @@ class HybridChatModel(BaseChatModel):
         prompt: list[int] | None = req.prepared.prompt_ids
         while prompt is not None:
             gen = engine.astream(prompt, req.phase_config())
-            async for event in gen:
+            async for event in req.apartial_on_error(gen):
                 if (chunk := req.on_event(event)) is not None:
                     if run_manager:
                         await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -403,6 +407,25 @@ class _Request:
         else:
             self._pending = []
         self._sources: list[str] = []
+
+    # -- cloud errors -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def keeping_partial_text(self) -> Iterator[None]:
+        """A CloudError in a later phase carries the whole answer so far, not just that phase's text."""
+        try:
+            yield
+        except CloudError as e:
+            e.partial_text = self.text + e.partial_text
+            raise
+
+    def partial_on_error(self, events: Iterable[TokenEvent]) -> Iterator[TokenEvent]:
+        with self.keeping_partial_text():
+            yield from events
+
+    async def apartial_on_error(self, events: AsyncIterable[TokenEvent]) -> AsyncIterator[TokenEvent]:
+        with self.keeping_partial_text():
+            async for event in events:
+                yield event
 
     # -- phases -------------------------------------------------------------------------------------
     def phase_config(self) -> GenerationConfig:
