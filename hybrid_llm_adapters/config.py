@@ -178,6 +178,9 @@ class RouterConfig(BaseModel):
         None, gt=0, lt=1, description="perturbation router: derive the threshold from this target risk (U-HLM)"
     )
     reward_head: str | None = Field(None, description="path to a reward head (safetensors) or separate RM folder")
+    check_reward_cloud: bool = Field(
+        True, description="refuse a reward scorer trained against another cloud model than the configured one; "
+        "set False when the server serves the same model under another name")
 
     @model_validator(mode="after")
     def _check(self) -> RouterConfig:

@@ -79,8 +79,9 @@ class HybridEngine:
         from .models import resolve_model
 
         local = load_local_model(resolve_model(config.slm), config.dtype)
-        router = build_router(config.router, local.tokenizer, local.hidden_size, config.prices)
         cloud = CloudClient(config.cloud) if config.router.kind != "local" else None
+        router = build_router(config.router, local.tokenizer, local.hidden_size, config.prices,
+                              cloud.config.model if cloud else None)
         return cls(local, router, cloud, config.prices)
 
     @property

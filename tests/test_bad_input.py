@@ -37,6 +37,20 @@ def foreign_head(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def other_cloud_head(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> str:
+    """A reward head for this SLM (same tokenizer) but trained against another cloud model."""
+    from hybrid_llm_adapters.local.reward import tokenizer_fingerprint
+    from hybrid_llm_adapters.local.slm import load_local_model
+
+    local = load_local_model(tiny_model_dir)
+    manifest = RewardManifest(kind="linear", slm="tiny", cloud="other-cloud",
+                              tokenizer_sha256=tokenizer_fingerprint(local.tokenizer))
+    path = tmp_path_factory.mktemp("head-cloud") / "head.safetensors"
+    LinearRewardHead(torch.ones(local.hidden_size), torch.tensor(0.0), manifest).save(path)
+    return str(path)
+
+
 def lc(tiny_model_dir: Path, **kw: Any) -> Any:
     from langchain_hybrid_llm import HybridChatModel
 
@@ -95,6 +109,9 @@ CASES: list[Case] = [
     ("reward model trained for another pair", lambda d, head, **_: lc(d, router="reward", reward_head=head)
      .invoke("hi"), ModelMismatchError,
      "trained for SLM 'other-slm' / cloud 'other-cloud'.*Use a reward scorer trained for this model pair"),
+    ("reward model trained against another cloud", lambda d, cloud_head, stub, **_: lc(
+        d, router="reward", reward_head=cloud_head, base_url=stub.base_url, cloud_model="stub").invoke("hi"),
+     ModelMismatchError, "trained for cloud model 'other-cloud', but the cloud serves 'stub'.*check_reward_cloud=False"),
     ("unreachable base_url", lambda d, **_: lc(d, router="cloud", base_url="http://127.0.0.1:9/v1", timeout=2)
      .invoke("hi"), CloudError, "failed 1 time.*APIConnectionError.*Check that the server is up"),
     ("wrong API key (401)", lambda d, keyed, **_: lc(d, router="cloud", base_url=keyed.base_url,
@@ -116,7 +133,7 @@ def _core_image(d: Path) -> Any:
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_clearly(case: Case, tiny_model_dir: Path, stub: FaultProxy, keyed: FaultProxy,
-                                      foreign_head: str) -> None:
+                                      foreign_head: str, other_cloud_head: str) -> None:
     _name, call, error, pattern = case
     with pytest.raises(error, match=pattern):
-        call(tiny_model_dir, stub=stub, keyed=keyed, head=foreign_head)
+        call(tiny_model_dir, stub=stub, keyed=keyed, head=foreign_head, cloud_head=other_cloud_head)

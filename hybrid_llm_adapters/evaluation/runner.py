@@ -105,7 +105,8 @@ class Evaluator:
         if config.system == "slm":
             self.router = build_router(RouterConfig(kind="local"), engine.tokenizer, engine.local.hidden_size)
         elif config.system == "hybrid":
-            self.router = build_router(config.router, engine.tokenizer, engine.local.hidden_size, engine.prices)
+            self.router = build_router(config.router, engine.tokenizer, engine.local.hidden_size, engine.prices,
+                                       engine.cloud.config.model if engine.cloud else None)
         if config.system != "slm" and engine.cloud is None:
             raise ConfigError(f"system {config.system!r} needs a cloud; build the engine with a CloudConfig.")
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..config import PriceTable, RouterConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelMismatchError
 from ..local.reward import LinearRewardHead, SeparateRewardModel
 from .base import Router, RouterStep
 from .budget import BudgetRouter
@@ -99,9 +99,21 @@ def load_reward_scorer(path: str | Path, tokenizer: object, hidden_size: int) ->
 
 
 def build_router(config: RouterConfig, tokenizer: object, hidden_size: int,
-                 prices: PriceTable | None = None) -> Router:
-    """Make the router a ``RouterConfig`` describes (wrapped in a budget controller when it sets one)."""
+                 prices: PriceTable | None = None, cloud_model: str | None = None) -> Router:
+    """Make the router a ``RouterConfig`` describes (wrapped in a budget controller when it sets one).
+
+    ``cloud_model``: the served cloud model; a reward scorer trained against another cloud is refused (its
+    scores predict where the SLM disagrees with *that* model), unless ``config.check_reward_cloud`` is off.
+    """
     router = _base_router(config, tokenizer, hidden_size)
+    if isinstance(router, RewardRouter) and cloud_model and config.check_reward_cloud:
+        trained_for = router.scorer.manifest.cloud
+        if trained_for != cloud_model:
+            raise ModelMismatchError(
+                f"the reward scorer was trained for cloud model {trained_for!r}, but the cloud serves "
+                f"{cloud_model!r}. Use a scorer trained for this pair (`make reward` / `hybrid-llm train-reward`), "
+                "or set RouterConfig(check_reward_cloud=False) if the server serves the same model under another name."
+            )
     if config.target_activation is not None or config.max_cost_usd is not None:
         return BudgetRouter(router, config.target_activation, config.max_cost_usd, prices)
     return router
