@@ -48,6 +48,14 @@ class EvalConfig(BaseModel):
         knob = (f"act{r.target_activation}" if r.target_activation is not None else f"t{r.threshold}")
         return f"{r.kind}-{knob}-{self.cloud_mode}"
 
+    def same_as(self, stored: dict[str, Any] | None) -> bool:
+        """True when ``stored`` (a records file's header) describes this configuration; fields added to the
+        configuration models since it was written count at their defaults."""
+        try:
+            return stored is not None and EvalConfig.model_validate(stored).identity() == self.identity()
+        except (ValueError, TypeError):
+            return False
+
     def identity(self) -> dict[str, Any]:
         """What must match for records to be resumed into this configuration."""
         data = self.model_dump(mode="json", exclude={"label"})
@@ -71,7 +79,7 @@ class EvalRun:
         if path.exists() and path.stat().st_size:
             lines = path.read_text().splitlines()
             header = json.loads(lines[0])
-            if header.get("config") != config.identity():
+            if not config.same_as(header.get("config")):
                 raise ConfigError(
                     f"{path} holds results of a different configuration ({header.get('config')}); pass another "
                     "--out, or delete the file to start over."
