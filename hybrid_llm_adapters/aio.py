@@ -32,6 +32,7 @@ class AsyncGeneration:
             try:
                 for event in self._generation:
                     if cancelled.is_set():
+                        self._generation.close()  # frees the request's row in the SLM batch
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, event)
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)

@@ -98,6 +98,12 @@ class RequestDecoder:
     # -- the loop ---------------------------------------------------------------------------------------
 
     def run(self, out: Any) -> Iterator[TokenEvent]:
+        try:
+            yield from self._run(out)
+        finally:
+            self.state.close()  # finished, failed or cancelled: the row leaves the batch
+
+    def _run(self, out: Any) -> Iterator[TokenEvent]:
         produced_total = 0
         # the answer also ends where the SLM's context does (the engine refused prompts that fill it)
         limit = min(self.gen.max_new_tokens, self.engine.local.context_length - self.n_prompt)
@@ -281,7 +287,8 @@ class RequestDecoder:
         prefix = self.state.ids[:prefix_len]
         prompt: list[int] | str = prefix if self.use_ids else self.tokenizer.decode(prefix, skip_special_tokens=False)
         try:
-            reply = request(prompt)
+            with self.state.away():  # other requests' SLM steps go ahead while this one waits on the cloud
+                reply = request(prompt)
         except CloudError as e:
             self.ledger.failed_cloud_calls += 1
             if self.cloud is None or self.cloud.config.on_failure == "raise":

@@ -19,6 +19,7 @@ from .config import CloudConfig, GenerationConfig, PriceTable, RouterConfig
 from .errors import ConfigError
 from .events import GenerationResult, TokenEvent
 from .local.slm import LocalModel, load_local_model
+from .local.threads import apply_slm_threads
 from .routing import Router, build_router
 
 
@@ -52,6 +53,12 @@ class Generation:
     def __iter__(self) -> Iterator[TokenEvent]:
         return self._events
 
+    def close(self) -> None:
+        """Stop the request early (a cancelled stream): its SLM row leaves the batch at once."""
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
+
 
 class HybridEngine:
     """The decode loop over a local SLM, a router and (optionally) a cloud client."""
@@ -80,6 +87,7 @@ class HybridEngine:
 
         local = load_local_model(resolve_model(config.slm), config.dtype)
         cloud = CloudClient(config.cloud) if config.router.kind != "local" else None
+        apply_slm_threads(cloud.config.base_url if cloud else None)
         router = build_router(config.router, local.tokenizer, local.hidden_size, config.prices,
                               cloud.config.model if cloud else None)
         return cls(local, router, cloud, config.prices)

@@ -57,7 +57,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     problems = get_task(args.task).load(args.data, args.limit, args.offset)
     out = Path(args.out) if args.out else Path("eval-results") / f"{args.task}-{config.name()}.jsonl"
     engine = _engine(args, needs_cloud=args.system != "slm")
-    run = run_eval(engine, config, problems, out, progress=True)
+    run = run_eval(engine, config, problems, out, progress=True, concurrency=args.concurrency)
     records = [run.records[p.id] for p in problems if p.id in run.records]
     summary = {"task": args.task, "config": config.identity(), "records": str(out), **summarize(records)}
     summary_path = out.with_suffix(".summary.json")
@@ -99,6 +99,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start-cloud", action="store_true", help="start the local vLLM cloud first")
     p.add_argument("--on-failure", default="local", choices=["raise", "local"])
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--concurrency", type=int, default=8,
+                   help="problems answered at once (they share batched SLM forwards; answers are as one by one)")
 
 
 def add_evaluation_commands(sub: Any) -> None:

@@ -1,14 +1,15 @@
-"""The on-device SLM: a transformers causal LM whose KV cache can roll back.
+"""The on-device SLM: a transformers causal LM whose requests share batched forwards and keep their own KV cache.
 
 ``SLMState`` holds one request's token ids and KV cache. Tokens are appended lazily and fed in one
 forward pass only when logits are needed, so a run of cloud tokens (or a re-tokenized text tail) costs
-one SLM forward, and rejecting a candidate is a crop of the cache, never a re-run of the prefix.
+one SLM forward, and rejecting a candidate is a crop of the cache, never a re-run of the prefix. The forward
+itself goes through the model's ``StepBatcher``: requests in flight at the same time share one forward per step.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,16 +17,64 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
 from ..errors import ModelIntegrityError
+from .batcher import StepBatcher
+from .ragged import RaggedForward, RowInput, RowOutput, supports_ragged
+
+
+class HFRowCache:
+    """A transformers ``DynamicCache`` with the ``RowCache`` interface, for models outside the ragged family."""
+
+    def __init__(self) -> None:
+        self.cache = DynamicCache()
+        self.length = 0
+
+    def crop(self, length: int) -> None:
+        if length < self.length:
+            self.cache.crop(length)
+            self.length = length
+
+
+class HFRowForward:
+    """The fallback for architectures ``RaggedForward`` does not cover: transformers' own forward, one row at a
+    time (correct, not batched)."""
+
+    def __init__(self, model: PreTrainedModel):
+        self.model = model
+
+    def new_cache(self) -> HFRowCache:
+        return HFRowCache()
+
+    def __call__(self, rows: Sequence[RowInput]) -> list[RowOutput]:
+        outputs = []
+        for row in rows:
+            cache = row.cache
+            assert isinstance(cache, HFRowCache)
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.tensor([row.new_ids]), cache=cache.cache, use_cache=True,
+                                 output_hidden_states=True, logits_to_keep=1)
+            cache.length += len(row.new_ids)
+            outputs.append(RowOutput(out.logits[0, -1].float(), out.hidden_states[-1][0, -1].float()))
+        return outputs
 
 
 @dataclass
 class LocalModel:
-    """A loaded SLM and its tokenizer. Shared by every engine that names the same folder."""
+    """A loaded SLM and its tokenizer. Shared by every engine that names the same folder, and so is its batcher."""
 
     path: Path
     model: PreTrainedModel
     tokenizer: object
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    forward: RaggedForward | HFRowForward = field(init=False, repr=False)
+    batcher: StepBatcher = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.forward = RaggedForward(self.model) if supports_ragged(self.model) else HFRowForward(self.model)
+        self.batcher = StepBatcher(self.forward)
+
+    @property
+    def batched(self) -> bool:
+        """Whether concurrent requests share forwards (the Llama/Qwen2 family) or take turns."""
+        return isinstance(self.forward, RaggedForward)
 
     @property
     def eos_token_ids(self) -> set[int]:
@@ -86,17 +135,22 @@ class SLMState:
     """One request's token ids and KV cache on the SLM.
 
     ``ids`` is the full sequence (prompt + generated). The cache covers ``ids[:cached_len]``; the rest is
-    pending and is fed by the next :meth:`forward`.
+    pending and is fed by the next :meth:`forward`. The state is a member of the model's batcher from its first
+    forward until :meth:`close`; :meth:`away` marks the time it spends elsewhere (a cloud call).
     """
 
     def __init__(self, local: LocalModel, ids: list[int]):
         self.local = local
         self.ids: list[int] = ids
-        self.cache = DynamicCache()
-        self.cached_len = 0
+        self.cache = local.forward.new_cache()
         self.forward_calls = 0
+        self._registered = False
         self._logits: torch.Tensor | None = None
         self._hidden: torch.Tensor | None = None
+
+    @property
+    def cached_len(self) -> int:
+        return self.cache.length
 
     def append(self, token_ids: list[int] | int) -> None:
         self.ids.extend([token_ids] if isinstance(token_ids, int) else token_ids)
@@ -113,31 +167,31 @@ class SLMState:
         The hidden state belongs to the last fed token, i.e. it is the SLM's representation of the newest
         token in context, which is what a trunk reward head scores.
         """
-        if (self.cached_len == len(self.ids) and self._logits is not None
-                and (not need_hidden or self._hidden is not None)):
-            return self._logits, self._hidden
+        if self.cached_len == len(self.ids) and self._logits is not None:
+            return self._logits, self._hidden if need_hidden else None
         if self.cached_len >= len(self.ids):
             # Everything is cached but its logits were dropped: re-feed the last token.
             self.truncate_cache(len(self.ids) - 1)
-        pending = self.ids[self.cached_len :]
-        input_ids = torch.tensor([pending], dtype=torch.long)
-        with self.local.lock, torch.inference_mode():
-            out = self.local.model(
-                input_ids=input_ids,
-                cache=self.cache,
-                use_cache=True,
-                output_hidden_states=need_hidden,
-                logits_to_keep=1,
-            )
+        if not self._registered:
+            self.local.batcher.register(self)
+            self._registered = True
+        out = self.local.batcher.submit(RowInput(self.cache, self.ids[self.cached_len:]))
         self.forward_calls += 1
-        self.cached_len = len(self.ids)
-        self._logits = out.logits[0, -1].float()
-        self._hidden = out.hidden_states[-1][0, -1].float() if need_hidden else None
-        return self._logits, self._hidden
+        self._logits, self._hidden = out.logits, out.hidden
+        return self._logits, self._hidden if need_hidden else None
+
+    def away(self):  # type: ignore[no-untyped-def]
+        """Context manager: the request is busy elsewhere, the other rows' steps need not wait for it."""
+        return self.local.batcher.away(self)
+
+    def close(self) -> None:
+        """Leave the batcher (the request ended or was cancelled); the cache is freed with the state."""
+        if self._registered:
+            self.local.batcher.unregister(self)
+            self._registered = False
 
     def truncate_cache(self, length: int) -> None:
         """Roll the KV cache back to cover ``ids[:length]``; the ids themselves stay (pending)."""
         if length < self.cached_len:
-            self.cache.crop(-(self.cached_len - length))
-            self.cached_len = length
+            self.cache.crop(length)
             self._logits = self._hidden = None
