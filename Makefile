@@ -43,16 +43,15 @@ bench: cloud
 # GSM8K + HumanEval quality run (resumable: each call continues the committed records; QUALITY_MINUTES bounds it)
 QUALITY_MINUTES ?= 120
 quality: cloud
-	$(BIN)/python benchmarks/quality.py --gsm8k $(SHARED)/data/gsm8k/test_public.jsonl --max-minutes $(QUALITY_MINUTES)
+	$(BIN)/python benchmarks/quality.py --gsm8k data/gsm8k/test_public.jsonl --max-minutes $(QUALITY_MINUTES)
 
 # Rebuild the shipped reward head end to end: synthesize pairs from the SLM and the cloud (both on vLLM), train
 # both reward-model kinds, evaluate, calibrate, copy the trunk head into the package (about an hour on 2 cores).
 REWARD_WORK ?= .cache/reward
-SHARED ?= ../shared
 reward: cloud
 	$(BIN)/hybrid-llm cloud start --model qwen2.5-coder-0.5b-instruct --port 8766 --kv-cache-gib 2
 	$(BIN)/hybrid-llm synth --out $(REWARD_WORK)/pairs.jsonl --counts gsm8k=40,svamp=25,mmlu=35,chitchat=30,code=30 \
-		--gsm8k-path $(SHARED)/data/gsm8k/test_public.jsonl --svamp-path $(SHARED)/data/svamp/SVAMP.json
+		--gsm8k-path data/gsm8k/test_public.jsonl --svamp-path data/svamp/SVAMP.json
 	$(BIN)/hybrid-llm cloud stop --port 8766
 	$(BIN)/python benchmarks/reward_model.py --pairs $(REWARD_WORK)/pairs.jsonl --work $(REWARD_WORK) --ship
 

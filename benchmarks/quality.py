@@ -6,7 +6,7 @@ the run stops every configuration has answered the same problems, and the summar
 exactly those. Records go to ``benchmarks/results/quality_runs/<task>/<config>.jsonl``; rerunning
 continues where the last run stopped. ``--max-minutes`` bounds one sitting.
 
-    python benchmarks/quality.py --gsm8k ../shared/data/gsm8k/test_public.jsonl --max-minutes 90
+    python benchmarks/quality.py --gsm8k data/gsm8k/test_public.jsonl --max-minutes 90
     python benchmarks/quality.py --gsm8k ... --report-only      # summarize what is recorded
 
 Writes benchmarks/results/quality.json, plots under benchmarks/results/quality/, and the README table.
@@ -31,7 +31,7 @@ from hybrid_llm_adapters.evaluation.sweep import EvalRun, plot_sweep, run_interl
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-DEFAULT_GSM8K = HERE.parents[1] / "shared" / "data" / "gsm8k" / "test_public.jsonl"
+DEFAULT_GSM8K = HERE.parent / "data" / "gsm8k" / "test_public.jsonl"
 ENTROPY_30 = 0.659  # entropy threshold that sent ~30 % of tokens to the cloud in benchmarks/throughput.py
 PERTURBATION = 0.15  # U-HLM threshold that gave ~35 % activation in benchmarks/uncertainty_sweep.py
 REWARD_ACTIVATIONS = (0.15, 0.3, 0.5)  # reward thresholds read from the shipped head's calibration table

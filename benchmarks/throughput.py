@@ -1,21 +1,24 @@
-"""Throughput of SLM-only, cloud-only (vLLM directly) and the hybrid at ~10/30/50 % activation, one run.
+"""Throughput, side by side in one run: SLM-only, the hybrid (entropy at about 15 % activation) in replace and
+block_verify modes, each at 1, 4 and 16 concurrent requests, and cloud-only vLLM at 1 and 16.
 
-On GSM8K public-split prompts, greedy. Hybrid thresholds are the entropy quantiles measured on the SLM-only
-pass (so that about the target fraction of steps goes to the cloud). Also measures the local step's cost
-with and without trunk reward scoring (the hidden state plus one dot product).
+On GSM8K public-split prompts, greedy. The hybrid's threshold is the entropy quantile measured on an SLM-only
+pass. Concurrent rows keep N requests in flight (their SLM steps share batched forwards); tokens/s is all
+tokens over the set's wall time. Also measures the local step's cost with and without trunk reward scoring.
 
-    python benchmarks/throughput.py --data ../shared/data/gsm8k/test_public.jsonl
+    python benchmarks/throughput.py --data data/gsm8k/test_public.jsonl
 
-Writes benchmarks/results/throughput.json and the README table.
+Writes benchmarks/results/throughput.json and the table in docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -25,11 +28,13 @@ from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine
 from hybrid_llm_adapters.cloud.client import CloudClient
 from hybrid_llm_adapters.cloud.server import VLLMServerConfig, start_server
 from hybrid_llm_adapters.local.slm import load_local_model
+from hybrid_llm_adapters.local.threads import apply_slm_threads
 from hybrid_llm_adapters.models import DEFAULT_SLM, resolve_model
 from hybrid_llm_adapters.routing import EntropyRouter
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "gsm8k" / "test_public.jsonl"
+DOC = HERE.parent / "docs" / "performance.md"
+DEFAULT_DATA = HERE.parent / "data" / "gsm8k" / "test_public.jsonl"
 
 
 def load_prompts(path: Path, n: int) -> list[str]:
@@ -63,16 +68,50 @@ def run_engine(engine: HybridEngine, prompts: list[list[int]], gen: GenerationCo
     }
 
 
-def run_cloud_only(client: CloudClient, prompts: list[list[int]], n: int) -> dict:
-    tokens, seconds = 0, 0.0
-    for ids in tqdm(prompts, desc="cloud-only (vLLM)", leave=False):
-        t0 = time.perf_counter()
+def run_concurrent(engine: HybridEngine, prompts: list[list[int]], gen: GenerationConfig, label: str,
+                   concurrency: int) -> dict:
+    """``concurrency`` requests in flight at once (a new one starts as one finishes), as a server would see them;
+    tokens/s is all generated tokens over the wall time of the whole set."""
+    stats = engine.local.batcher.stats
+    forwards, rows = stats.forwards, stats.rows
+    results = []
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool, tqdm(total=len(prompts), desc=label, leave=False) as bar:
+        for result in pool.map(lambda ids: engine.generate(ids, gen), prompts):
+            results.append(result)
+            bar.update()
+    seconds = time.perf_counter() - t0
+    tokens = sum(len(r.token_ids) for r in results)
+    cloud_tokens = sum(r.ledger.cloud_tokens for r in results)
+    calls = sum(r.ledger.cloud_calls for r in results)
+    decided = cloud_tokens + sum(r.ledger.accepted_drafts for r in results)
+    n_forwards = stats.forwards - forwards
+    return {
+        "label": label, "concurrency": concurrency, "requests": len(prompts), "tokens": tokens,
+        "seconds": seconds, "tokens_per_s": tokens / seconds,
+        "activation_ratio": cloud_tokens / tokens if tokens else 0.0, "cloud_calls": calls,
+        "cloud_calls_per_cloud_token": calls / cloud_tokens if cloud_tokens else None,
+        "cloud_calls_per_cloud_decided_token": calls / decided if decided else None,
+        "slm_forwards": n_forwards, "mean_rows_per_forward": (stats.rows - rows) / n_forwards if n_forwards else None,
+    }
+
+
+def run_cloud_only(client: CloudClient, prompts: list[list[int]], n: int, concurrency: int) -> dict:
+    """The whole answer in one streamed-free completion per request, straight to vLLM, ``concurrency`` at once."""
+
+    def one(ids: list[int]) -> tuple[int, int]:
         r = client._client.completions.create(model=client.config.model, prompt=ids, max_tokens=n, temperature=0)
-        seconds += time.perf_counter() - t0
-        tokens += r.usage.completion_tokens
-    return {"label": "cloud-only (vLLM, one request)", "tokens": tokens, "seconds": seconds,
-            "tokens_per_s": tokens / seconds, "activation_ratio": 1.0, "cloud_calls": len(prompts),
-            "cloud_calls_per_cloud_token": len(prompts) / tokens}
+        return r.usage.completion_tokens, 1
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        done = list(tqdm(pool.map(one, prompts), total=len(prompts), desc=f"cloud-only x{concurrency}", leave=False))
+    seconds = time.perf_counter() - t0
+    tokens, calls = sum(t for t, _ in done), sum(c for _, c in done)
+    return {"label": f"cloud-only (vLLM 1.5B), {concurrency} concurrent", "concurrency": concurrency,
+            "requests": len(prompts), "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "activation_ratio": tokens / tokens if tokens else 0.0,  # every token came from the cloud
+            "cloud_calls": calls, "cloud_calls_per_cloud_token": calls / tokens if tokens else None}
 
 
 def local_step_cost(engine: HybridEngine, ids: list[int], steps: int = 40) -> dict:
@@ -92,6 +131,7 @@ def local_step_cost(engine: HybridEngine, ids: list[int], steps: int = 40) -> di
             if with_reward:
                 float(hidden @ weight)
             times.append(time.perf_counter() - t0)
+        state.close()
         return statistics.median(times)
 
     measure(False)  # warm-up
@@ -107,50 +147,68 @@ def _fmt(x: float | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--single-n", type=int, default=4, help="prompts for the single-stream rows")
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--targets", type=float, nargs="+", default=[0.1, 0.3, 0.5])
-    ap.add_argument("--block-verify-target", type=float, default=0.3,
-                    help="also run block verification at this target's threshold")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--target", type=float, default=0.15, help="hybrid rows: entropy threshold for this activation")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "throughput.json")
     args = ap.parse_args()
 
     server = start_server(VLLMServerConfig())
     client = CloudClient(CloudConfig(base_url=server.base_url, model=VLLMServerConfig().name, timeout=300))
+    torch_threads = apply_slm_threads(server.base_url)  # the policy a user's engine applies beside a local vLLM
     local = load_local_model(resolve_model(DEFAULT_SLM))
     slm_engine = HybridEngine(local, EntropyRouter(float("inf")), client)  # scores entropy, never asks the cloud
-    prompts = [slm_engine.render([{"role": "user", "content": p}]) for p in load_prompts(args.data, args.n)]
+    n_max = max(args.concurrency)
+    prompts = [slm_engine.render([{"role": "user", "content": p}]) for p in load_prompts(args.data, n_max)]
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
 
-    rows = [run_engine(slm_engine, prompts, gen, "SLM-only (0.5B, transformers)")]
-    rows[0]["activation_ratio"] = 0.0
-    entropies = sorted(rows[0]["_entropies"])
-    rows.append(run_cloud_only(client, prompts, args.max_new_tokens))
-    for target in args.targets:
-        threshold = entropies[int((1 - target) * (len(entropies) - 1))]
-        engine = HybridEngine(local, EntropyRouter(threshold), client)
-        row = run_engine(engine, prompts, gen, f"hybrid replace, entropy > {threshold:.3f} (target {target:.0%})")
-        row.update(threshold=threshold, target_activation=target, cloud_mode="replace")
-        rows.append(row)
-        if target == args.block_verify_target:
-            bgen = gen.model_copy(update={"cloud_mode": "block_verify"})
-            row = run_engine(engine, prompts, bgen,
-                             f"hybrid block-verify, entropy > {threshold:.3f} (target {target:.0%})")
-            row.update(threshold=threshold, target_activation=target, cloud_mode="block_verify")
+    def prompts_for(c: int) -> list[list[int]]:
+        return prompts[: args.single_n] if c == 1 else prompts[: min(n_max, 2 * c)]
+
+    rows = []
+    probe = run_engine(slm_engine, prompts[: args.single_n], gen, "entropy probe")
+    entropies = sorted(probe.pop("_entropies"))
+    threshold = entropies[int((1 - args.target) * (len(entropies) - 1))]
+    for c in args.concurrency:
+        rows.append(run_concurrent(slm_engine, prompts_for(c), gen, f"SLM-only, {c} concurrent", c))
+    hybrid = HybridEngine(local, EntropyRouter(threshold), client)
+    for mode in ("replace", "block_verify"):
+        mgen = gen.model_copy(update={"cloud_mode": mode})
+        for c in args.concurrency:
+            row = run_concurrent(hybrid, prompts_for(c), mgen, f"hybrid {mode}, entropy > {threshold:.2f}, {c} concurrent", c)
+            row.update(threshold=threshold, cloud_mode=mode)
             rows.append(row)
-    for row in rows:
-        row.pop("_entropies", None)
+    for c in sorted({1, n_max}):
+        rows.append(run_cloud_only(client, prompts_for(c), args.max_new_tokens, c))
     step = local_step_cost(slm_engine, prompts[0])
 
+    def rate(label_start: str, c: int) -> float:
+        return next(r["tokens_per_s"] for r in rows if r["label"].startswith(label_start) and r["concurrency"] == c)
+
+    targets = [
+        {"target": "SLM-only single stream >= 25 tokens/s", "measured": rate("SLM-only", 1), "goal": 25.0},
+        {"target": f"hybrid replace at {n_max} concurrent >= 4x its single stream",
+         "measured": rate("hybrid replace", n_max) / rate("hybrid replace", 1), "goal": 4.0},
+        {"target": f"hybrid block_verify at {n_max} concurrent >= 4x its single stream",
+         "measured": rate("hybrid block_verify", n_max) / rate("hybrid block_verify", 1), "goal": 4.0},
+        {"target": "hybrid replace single stream >= cloud-only single stream",
+         "measured": rate("hybrid replace", 1) / rate("cloud-only", 1), "goal": 1.0},
+        {"target": "hybrid block_verify single stream >= cloud-only single stream",
+         "measured": rate("hybrid block_verify", 1) / rate("cloud-only", 1), "goal": 1.0},
+    ]
+    for t in targets:
+        t["met"] = t["measured"] >= t["goal"]
     result = {
         "benchmark": "throughput",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform()},
-        "prompts": args.n,
+        "machine": {"cores": os.cpu_count(), "torch_threads": torch_threads, "platform": platform.platform()},
         "max_new_tokens": args.max_new_tokens,
         "data": args.data.name,
         "rows": rows,
+        "targets": targets,
         "local_step": step,
+        "llama_cpp": "not built: no llama.cpp backend in this release (see docs/performance.md)",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
@@ -158,16 +216,18 @@ def main() -> None:
     from readme_table import markdown_table, write_section
 
     table = markdown_table(
-        ["configuration", "tokens/s", "activation", "cloud calls / cloud token",
-         "cloud calls / cloud-decided token", "tokens"],
-        [[r["label"], r["tokens_per_s"], f"{r['activation_ratio']:.0%}", _fmt(r.get("cloud_calls_per_cloud_token")),
-          _fmt(r.get("cloud_calls_per_cloud_decided_token")), r["tokens"]] for r in rows],
+        ["configuration", "requests", "tokens/s", "activation", "cloud calls / cloud token", "SLM rows / forward"],
+        [[r["label"], r["requests"], r["tokens_per_s"], f"{r['activation_ratio']:.0%}",
+          _fmt(r.get("cloud_calls_per_cloud_token")), _fmt(r.get("mean_rows_per_forward"))] for r in rows],
     )
-    table += (f"\n\nLocal SLM step (median): {step['median_step_s_plain'] * 1000:.1f} ms plain, "
+    table += "\n\n" + markdown_table(["target", "measured", "goal", "met"],
+                                      [[t["target"], f"{t['measured']:.2f}", t["goal"], "yes" if t["met"] else "no"]
+                                       for t in targets])
+    table += (f"\n\nLocal SLM step (median, one row): {step['median_step_s_plain'] * 1000:.1f} ms plain, "
               f"{step['median_step_s_with_reward_head'] * 1000:.1f} ms with the trunk reward head "
-              f"(x{step['reward_overhead_ratio']:.2f}). {args.n} GSM8K prompts, {args.max_new_tokens} new tokens, "
-              f"greedy, run {result['date']}.")
-    write_section("throughput", table)
+              f"(x{step['reward_overhead_ratio']:.2f}). GSM8K prompts, {args.max_new_tokens} new tokens, greedy, "
+              f"{os.cpu_count()} cores, torch on {torch_threads} thread(s) beside the local vLLM, run {result['date']}.")
+    write_section("throughput", table, DOC)
     print(table)
 
 

@@ -1,7 +1,7 @@
 """U-HLM's perturbation-uncertainty router at several thresholds on GSM8K: activation ratio and tokens/s,
 in replace and block-verify modes, one run.
 
-    python benchmarks/uncertainty_sweep.py --data ../shared/data/gsm8k/test_public.jsonl
+    python benchmarks/uncertainty_sweep.py --data data/gsm8k/test_public.jsonl
 
 Writes benchmarks/results/uncertainty_sweep.json and the README table.
 """

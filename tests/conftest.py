@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"  # vendored with its licenses
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +56,7 @@ def cloud_model_name() -> str:
 
 @pytest.fixture(scope="session")
 def gsm8k_path() -> Path:
-    path = SHARED_DATA / "gsm8k" / "test_public.jsonl"
+    path = DATA / "gsm8k" / "test_public.jsonl"
     if not path.exists():
-        pytest.fail(f"GSM8K data not found at {path}; the tests expect ../shared/data beside the repo.")
+        pytest.fail(f"GSM8K data not found at {path}; it ships in the repo under data/ (restore it with git checkout).")
     return path

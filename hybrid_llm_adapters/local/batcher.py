@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 from .ragged import RowInput, RowOutput
 
@@ -51,33 +50,33 @@ class StepBatcher:
         self.stats = BatchStats()
         self._cond = threading.Condition()
         self._queue: list[_Job] = []
-        self._registered: set[int] = set()
-        self._away: set[int] = set()
+        self._registered: set[object] = set()
+        self._away: set[object] = set()
         self._worker: threading.Thread | None = None
 
     # -- membership ---------------------------------------------------------------------------------------
 
-    def register(self, member: Any) -> None:
+    def register(self, member: object) -> None:
         with self._cond:
-            self._registered.add(id(member))
+            self._registered.add(member)
 
-    def unregister(self, member: Any) -> None:
+    def unregister(self, member: object) -> None:
         with self._cond:
-            self._registered.discard(id(member))
-            self._away.discard(id(member))
+            self._registered.discard(member)
+            self._away.discard(member)
             self._cond.notify_all()
 
     @contextmanager
-    def away(self, member: Any) -> Iterator[None]:
+    def away(self, member: object) -> Iterator[None]:
         """The member is busy elsewhere (a cloud call): steps go ahead without it meanwhile."""
         with self._cond:
-            self._away.add(id(member))
+            self._away.add(member)
             self._cond.notify_all()
         try:
             yield
         finally:
             with self._cond:
-                self._away.discard(id(member))
+                self._away.discard(member)
 
     # -- forwards -----------------------------------------------------------------------------------------
 

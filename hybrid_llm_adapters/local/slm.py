@@ -9,6 +9,7 @@ itself goes through the model's ``StepBatcher``: requests in flight at the same 
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,8 @@ class SLMState:
         self.ids: list[int] = ids
         self.cache = local.forward.new_cache()
         self.forward_calls = 0
-        self._registered = False
+        self._key = object()  # the batcher's handle on this row (never the state itself: see close)
+        self._registered: weakref.finalize | None = None
         self._logits: torch.Tensor | None = None
         self._hidden: torch.Tensor | None = None
 
@@ -172,9 +174,10 @@ class SLMState:
         if self.cached_len >= len(self.ids):
             # Everything is cached but its logits were dropped: re-feed the last token.
             self.truncate_cache(len(self.ids) - 1)
-        if not self._registered:
-            self.local.batcher.register(self)
-            self._registered = True
+        if self._registered is None:
+            self.local.batcher.register(self._key)
+            # a state dropped without close() (an abandoned generator) still leaves the batch when collected
+            self._registered = weakref.finalize(self, self.local.batcher.unregister, self._key)
         out = self.local.batcher.submit(RowInput(self.cache, self.ids[self.cached_len:]))
         self.forward_calls += 1
         self._logits, self._hidden = out.logits, out.hidden
@@ -182,13 +185,13 @@ class SLMState:
 
     def away(self):  # type: ignore[no-untyped-def]
         """Context manager: the request is busy elsewhere, the other rows' steps need not wait for it."""
-        return self.local.batcher.away(self)
+        return self.local.batcher.away(self._key)
 
     def close(self) -> None:
         """Leave the batcher (the request ended or was cancelled); the cache is freed with the state."""
-        if self._registered:
-            self.local.batcher.unregister(self)
-            self._registered = False
+        if self._registered is not None:
+            self._registered()  # runs unregister once
+            self._registered = None
 
     def truncate_cache(self, length: int) -> None:
         """Roll the KV cache back to cover ``ids[:length]``; the ids themselves stay (pending)."""

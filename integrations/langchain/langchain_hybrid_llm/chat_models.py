@@ -582,14 +582,17 @@ def pick_tool(engine: HybridEngine, prompt_ids: list[int], names: list[str]) -> 
     base_lp = torch.log_softmax(base, dim=-1)
     n0 = len(state.ids)
     best, best_lp = names[0], float("-inf")
-    for name in names:
-        ids = tok.encode(name + '",', add_special_tokens=False)  # '",' is one token after a name
-        total = float(base_lp[ids[0]])
-        for prev, nxt in itertools.pairwise(ids):
-            state.append(prev)
-            logits, _ = state.forward()
-            total += float(torch.log_softmax(logits, dim=-1)[nxt])
-        state.truncate(n0)
-        if total > best_lp:
-            best, best_lp = name, total
+    try:
+        for name in names:
+            ids = tok.encode(name + '",', add_special_tokens=False)  # '",' is one token after a name
+            total = float(base_lp[ids[0]])
+            for prev, nxt in itertools.pairwise(ids):
+                state.append(prev)
+                logits, _ = state.forward()
+                total += float(torch.log_softmax(logits, dim=-1)[nxt])
+            state.truncate(n0)
+            if total > best_lp:
+                best, best_lp = name, total
+    finally:
+        state.close()
     return best
