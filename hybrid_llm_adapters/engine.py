@@ -146,9 +146,9 @@ class HybridEngine:
 
     def _decode(self, prompt_ids: list[int], gen: GenerationConfig, router: Router,
                 out: Generation) -> Iterator[TokenEvent]:
-        from .decoding import RequestDecoder
+        from .decoding import DecodeContext, RequestDecoder
 
-        return RequestDecoder(self, prompt_ids, gen, router).run(out)
+        return RequestDecoder(DecodeContext(self.local, self.cloud, self.prices), prompt_ids, gen, router).run(out)
 
 
 _ENGINES: dict[str, HybridEngine] = {}

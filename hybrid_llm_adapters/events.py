@@ -28,6 +28,7 @@ class TokenEvent:
     score: float | None
     latency_s: float
     candidate_id: int | None = None
+    final_flush: bool = False  # the text held back for a possible stop sequence, released as the answer ends
 
 
 @dataclass

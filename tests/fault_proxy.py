@@ -15,8 +15,10 @@ requests fail, then requests pass again):
   connections (``set("pass")`` brings it back, as a restarted server).
 
 Only ``/v1/completions`` requests get faults (other paths pass, except under ``refuse`` / after ``kill``).
-Without an upstream the proxy answers completions itself with one canned token (``stub_token_id``), so the
-fast tests run the same faults without vLLM. ``api_key`` makes it answer 401 to any other key, as
+Without an upstream the proxy answers completions itself, so the fast tests run the same faults without
+vLLM: with one canned token (``stub_token_id``), or, given ``stub_tokens`` (token id -> text), with a token
+that depends on the prompt it was sent (a hash of the prefix picks it), so a request that sent another
+request's prefix would get another request's token. ``api_key`` makes it answer 401 to any other key, as
 ``vllm serve --api-key`` does.
 """
 
@@ -36,6 +38,7 @@ FAULT_MODES = ("refuse", "hang", "429", "500", "502", "503", "bad_json", "no_log
 
 class FaultProxy:
     def __init__(self, upstream: str | None = None, *, hang_s: float = 30.0, retry_after: float = 1.0,
+                 stub_tokens: dict[int, str] | None = None,
                  api_key: str | None = None, stub_token_id: int = 5, stub_text: str = "x"):
         self.upstream = upstream.rstrip("/").removesuffix("/v1") if upstream else None
         self.hang_s = hang_s
@@ -43,6 +46,7 @@ class FaultProxy:
         self.api_key = api_key
         self.stub_token_id = stub_token_id
         self.stub_text = stub_text
+        self.stub_tokens = sorted((stub_tokens or {}).items())
         self.mode = "pass"
         self.count: int | None = None  # faults left in this mode (None: until changed)
         self.after = 0  # completion requests to pass before the faults start
@@ -216,13 +220,18 @@ class FaultProxy:
             message = f"The model `{params.get('model')}` does not exist."
             return 404, json.dumps({"error": {"message": message, "type": "NotFoundError", "code": 404}}).encode()
         n = int(params.get("max_tokens") or 1)
-        key = f"token_id:{self.stub_token_id}"
-        lp = {"tokens": [key] * n, "token_logprobs": [-0.1] * n, "top_logprobs": [{key: -0.1}] * n,
-              "text_offset": list(range(n))}
         prompt = params.get("prompt")
         n_prompt = len(prompt) if isinstance(prompt, list) else len(str(prompt))
+        token_id, text = self.stub_token_id, self.stub_text
+        if self.stub_tokens:  # the prefix decides the token: a deterministic hash of what was sent
+            digest = sum((i + 1) * 7919 * int(t) for i, t in enumerate(prompt)) if isinstance(prompt, list) \
+                else sum(map(ord, str(prompt)))
+            token_id, text = self.stub_tokens[digest % len(self.stub_tokens)]
+        key = f"token_id:{token_id}"
+        lp = {"tokens": [key] * n, "token_logprobs": [-0.1] * n, "top_logprobs": [{key: -0.1}] * n,
+              "text_offset": list(range(n))}
         return 200, json.dumps({
             "id": "cmpl-stub", "object": "text_completion", "created": 0, "model": params.get("model", "stub"),
-            "choices": [{"index": 0, "text": self.stub_text * n, "logprobs": lp, "finish_reason": "length"}],
+            "choices": [{"index": 0, "text": text * n, "logprobs": lp, "finish_reason": "length"}],
             "usage": {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n},
         }).encode()

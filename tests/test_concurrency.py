@@ -1,7 +1,8 @@
-"""Many requests at once on one shared engine (tiny models, the fault proxy as a stub cloud): 16 concurrent
-requests through LangChain ``batch`` / ``abatch`` and LlamaIndex async calls give exactly the outputs of the
-same requests one by one (greedy), token sources and ledgers included, so no request's state leaks into
-another's; a soak of a few hundred requests stays within a memory bound."""
+"""Many requests at once on one shared engine (tiny models, the fault proxy as a prompt-dependent stub cloud:
+its token is a hash of the prefix it was sent): 16 concurrent requests through LangChain ``batch`` /
+``abatch`` and LlamaIndex async calls give exactly the outputs of the same requests one by one (greedy), text,
+token sources and the whole ledger, so no request's state or prefix leaks into another's; the requests
+really shared SLM forwards; a soak of a few hundred requests stays within a memory bound."""
 
 from __future__ import annotations
 
@@ -29,8 +30,12 @@ THRESHOLD = 5.887
 def stub(tiny_model_dir: Path) -> Any:
     from hybrid_llm_adapters.local.slm import load_local_model
 
-    token = load_local_model(tiny_model_dir).tokenizer.encode("a", add_special_tokens=False)[0]
-    with FaultProxy(None, stub_token_id=token, stub_text="a") as proxy:
+    tokenizer = load_local_model(tiny_model_dir).tokenizer
+    words = ["a", " b", "c", " d", "e", "1", " 2", "x"]
+    tokens = {tokenizer.encode(w, add_special_tokens=False)[0]: w for w in words}
+    assert len(tokens) >= 6
+    first = next(iter(tokens))
+    with FaultProxy(None, stub_token_id=first, stub_text=tokens[first], stub_tokens=tokens) as proxy:
         yield proxy
 
 
@@ -39,22 +44,40 @@ def settings(tiny_model_dir: Path, stub: FaultProxy) -> dict[str, Any]:
             "threshold": THRESHOLD, "max_tokens": 10, "max_retries": 0}
 
 
-def signature(ledger: dict[str, Any]) -> tuple[int, int, int]:
-    return ledger["local_tokens"], ledger["cloud_tokens"], ledger["cloud_calls"]
+# everything in the ledger but the timings (each request's time depends on what ran beside it)
+TIMINGS = ("local_seconds", "cloud_seconds")
+
+
+def signature(ledger: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in ledger.items() if k not in TIMINGS}
+
+
+def sources(message: Any) -> list[str]:
+    return list(message.response_metadata["hybrid_token_sources"])
 
 
 def test_langchain_batch_equals_one_by_one(tiny_model_dir: Path, stub: FaultProxy) -> None:
     from langchain_hybrid_llm import HybridChatModel
 
+    from hybrid_llm_adapters import get_engine
+
     llm = HybridChatModel(**settings(tiny_model_dir, stub))
-    one_by_one = [llm.invoke(p) for p in PROMPTS]
-    batched = llm.batch(PROMPTS, config={"max_concurrency": N})
-    abatched = asyncio.run(llm.abatch(PROMPTS, config={"max_concurrency": N}))
-    expected = [(m.content, signature(m.response_metadata["hybrid_ledger"])) for m in one_by_one]
-    assert [(m.content, signature(m.response_metadata["hybrid_ledger"])) for m in batched] == expected
-    assert [(m.content, signature(m.response_metadata["hybrid_ledger"])) for m in abatched] == expected
-    assert sum(s[1] for _, s in expected) > 0 and sum(s[0] for _, s in expected) > 0  # both sides were used
-    assert len({c for c, _ in expected}) >= 4  # distinct prompts, mostly distinct answers: a mix-up would show
+    stats = get_engine(llm.engine_config()).local.batcher.stats
+
+    def seen(messages: list[Any]) -> list[tuple[Any, ...]]:
+        return [(m.content, sources(m), signature(m.response_metadata["hybrid_ledger"])) for m in messages]
+
+    forwards = stats.forwards
+    expected = seen([llm.invoke(p) for p in PROMPTS])
+    alone_forwards = stats.forwards - forwards
+    forwards = stats.forwards
+    assert seen(llm.batch(PROMPTS, config={"max_concurrency": N})) == expected
+    assert stats.forwards - forwards < alone_forwards / 2  # the 16 requests shared forwards
+    assert seen(asyncio.run(llm.abatch(PROMPTS, config={"max_concurrency": N}))) == expected
+    assert sum(s["cloud_tokens"] for *_, s in expected) > 0 and sum(s["local_tokens"] for *_, s in expected) > 0
+    # the stub's token depends on the prefix: distinct prompts get distinct cloud tokens, so a request that
+    # sent another's prefix (or got another's reply) would show here
+    assert len({c for c, *_ in expected}) >= 12
 
 
 async def test_llama_index_async_equals_one_by_one(tiny_model_dir: Path, stub: FaultProxy) -> None:
@@ -68,6 +91,7 @@ async def test_llama_index_async_equals_one_by_one(tiny_model_dir: Path, stub: F
     assert [r.text for r in together] == [r.text for r in one_by_one] == streamed
     assert [signature(r.additional_kwargs["hybrid_ledger"]) for r in together] == [
         signature(r.additional_kwargs["hybrid_ledger"]) for r in one_by_one]
+    assert len({r.text for r in one_by_one}) >= 12
 
 
 async def _astream_text(llm: Any, messages: list[Any]) -> str:

@@ -56,13 +56,23 @@ def test_thresholds_from_risk_and_calibration() -> None:
 
 def test_perturbation_router_routes_by_threshold(tiny_model_dir: Path) -> None:
     slm = load_local_model(tiny_model_dir)
-    router = build_router(RouterConfig(kind="perturbation", threshold=0.5), slm.tokenizer, slm.hidden_size)
+    cloud = TransformersCloud(slm)  # the same model: routing changes no token, so both runs see the same text
+    never = build_router(RouterConfig(kind="perturbation", threshold=1.0), slm.tokenizer, slm.hidden_size)
+    engine = HybridEngine(slm, never, cloud)  # type: ignore[arg-type]
+    ids = prompt(engine)
+    first = engine.generate(ids, GenerationConfig(max_new_tokens=20))
+    tokens = [e for e in first.events if not e.final_flush]  # the closing release event carries no new token
+    scores = sorted(e.score for e in tokens if e.score is not None)
+    assert len(scores) == len(tokens) == 20  # every token is scored
+    threshold = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # between two observed scores
+    router = build_router(RouterConfig(kind="perturbation", threshold=threshold), slm.tokenizer, slm.hidden_size)
     assert isinstance(router, PerturbationRouter)
-    engine = HybridEngine(slm, router, TransformersCloud(slm))  # type: ignore[arg-type]
-    result = engine.generate(prompt(engine), GenerationConfig(max_new_tokens=20))
-    for e in result.events:
-        if e.score is not None:
-            assert (e.source == "cloud") == (e.score > 0.5)
+    result = HybridEngine(slm, router, cloud).generate(ids, GenerationConfig(max_new_tokens=20))  # type: ignore[arg-type]
+    tokens = [e for e in result.events if not e.final_flush]
+    assert len(tokens) == 20 and all(e.score is not None for e in tokens)
+    for e in tokens:
+        assert (e.source == "cloud") == (e.score > threshold)
+    assert {e.source for e in tokens} == {"local", "cloud"}  # both routes were taken
 
 
 def test_budget_controller_holds_target_activation(tiny_model_dir: Path, tiny_cloud_dir: Path) -> None:

@@ -49,8 +49,5 @@ class Router:
         """Per-request state for scorers that keep their own cache (a separate reward model)."""
         return None
 
-    def update(self, used_cloud: bool, accepted: bool) -> None:
-        """Feedback hook for adaptive routers; no-op by default."""
-
     def describe(self) -> dict[str, Any]:
         return {"router": self.name, "threshold": self.threshold}

@@ -561,8 +561,8 @@ class _Request:
 
 def _is_release(event: TokenEvent) -> bool:
     """The engine's closing event that releases text held back for a possible stop sequence: it repeats
-    the last token (no new token, no score, zero latency), so it adds no entry to the token sources."""
-    return event.score is None and event.latency_s == 0.0
+    the last token (no new token), so it adds no entry to the token sources."""
+    return event.final_flush
 
 
 def pick_tool(engine: HybridEngine, prompt_ids: list[int], names: list[str]) -> str:

@@ -1,0 +1,242 @@
+"""One request's decode: the SLM proposes, the router decides, a cloud mode (``modes.py``) replaces or
+verifies.
+
+``RequestDecoder`` holds the request's state (SLM row, ledger, released text) and runs the loop. It is given
+what it needs (``DecodeContext``: the local model, the cloud client, the prices), never the engine. Emission
+(EOS, stop sequences, max tokens, text release in ``release.py``) and ledger booking (``booking.py``) are
+shared by all modes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..accounting import UsageLedger, cloud_only_cost
+from ..cloud.client import CloudClient, CloudReply
+from ..config import GenerationConfig, PriceTable
+from ..errors import CloudError
+from ..events import FinishReason, GenerationResult, TokenEvent, TokenSource
+from ..local.sampling import choose, warp
+from ..local.slm import LocalModel
+from ..routing import Router, RouterStep
+from .booking import book_call, book_token
+from .modes import Replace, build_mode
+from .release import TextRelease
+from .types import Produced, Proposal
+
+
+@dataclass
+class DecodeContext:
+    """What a request's decode needs from its engine."""
+
+    local: LocalModel
+    cloud: CloudClient | None
+    prices: PriceTable
+
+
+def pick_mode(requested: str, cloud: CloudClient | None, use_ids: bool, router: Router, tokenizer: Any) -> str:
+    """The mode a request really uses (the ledger records it); the endpoint is probed once, on first need."""
+    if cloud is None:
+        return "none"
+    if requested == "replace" or not use_ids:
+        return "replace"  # verification needs one token space: text hand-over is one token per call
+    if requested == "lookahead":
+        return requested
+    if not router.needs_slm:
+        return "replace"  # always-cloud: the SLM drafts nothing to verify
+    caps = cloud.probe(tokenizer)
+    if requested == "auto":
+        return caps.best_mode()
+    if requested == "block_verify" and not caps.echo_logprobs:
+        return "verify"
+    return requested
+
+
+class RequestDecoder:
+    """The decode loop of one request."""
+
+    def __init__(self, ctx: DecodeContext, prompt_ids: list[int], gen: GenerationConfig, router: Router):
+        self.ctx = ctx
+        self.gen = gen
+        self.router = router
+        self.tokenizer = ctx.local.tokenizer
+        self.cloud = ctx.cloud
+        self.state = ctx.local.new_state(list(prompt_ids))
+        self.n_prompt = len(prompt_ids)
+        self.eos = ctx.local.eos_token_ids
+        self.rng = torch.Generator().manual_seed(gen.seed) if gen.seed is not None else None
+        self.scorer_state = router.new_scorer_state()
+        self.use_ids = self.cloud.shares_tokenizer(self.tokenizer) if self.cloud is not None else True
+        self.mode = pick_mode(gen.cloud_mode, self.cloud, self.use_ids, router, self.tokenizer)
+        self.strategy = build_mode(self.mode, self)
+        self.ledger = UsageLedger(requests=1, prompt_tokens=self.n_prompt, cloud_mode=self.mode)
+        self.release = TextRelease(self.tokenizer, gen.stop)
+        self.events: list[TokenEvent] = []
+        self.cloud_down = False
+        self.finish: FinishReason = "length"
+        self.last_was_cloud = False
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    def run(self, out: Any) -> Iterator[TokenEvent]:
+        try:
+            yield from self._run(out)
+        finally:
+            self.state.close()  # finished, failed or cancelled: the row leaves the batch
+
+    def _run(self, out: Any) -> Iterator[TokenEvent]:
+        produced_total = 0
+        # the answer also ends where the SLM's context does (the engine refused prompts that fill it)
+        limit = min(self.gen.max_new_tokens, self.ctx.local.context_length - self.n_prompt)
+        while produced_total < limit and self.finish != "stop":
+            t0 = time.perf_counter()
+            cloud_before = self.ledger.cloud_seconds
+            produced = self._step()
+            step_s = time.perf_counter() - t0
+            self.ledger.local_seconds += step_s - (self.ledger.cloud_seconds - cloud_before)
+            for item in produced:
+                if produced_total >= limit:
+                    self._drop_from(produced_total)
+                    break
+                event = self._emit(item, produced_total, step_s / max(len(produced), 1))
+                if event is None:  # EOS or a stop sequence ended the answer
+                    break
+                produced_total += 1
+                yield event
+                if self.finish == "stop":
+                    break
+        tail = self.release.flush()
+        if tail:
+            last = self.events[-1]
+            event = TokenEvent(tail, last.token_id, last.source, None, 0.0, final_flush=True)
+            self.events.append(event)
+            yield event
+        self.ledger.cloud_only_cost_usd = cloud_only_cost(self.ctx.prices, self.n_prompt,
+                                                          self.ledger.generated_tokens)
+        out.result = GenerationResult(
+            text=self.release.text,
+            token_ids=self.state.ids[self.n_prompt:],
+            events=self.events,
+            ledger=self.ledger,
+            finish_reason=self.finish,
+            prompt_token_ids=self.state.ids[: self.n_prompt],
+        )
+
+    def _step(self) -> list[Produced]:
+        if not self.router.needs_slm and not self.cloud_down:
+            produced = self._cloud_only()
+        else:
+            proposal = self._propose()
+            produced = None
+            if proposal.want_cloud and not self.cloud_down:
+                produced = self.strategy.handle(proposal)
+            if produced is None:
+                produced = self._keep_local(proposal)
+        self.last_was_cloud = any(p.source == "cloud" for p in produced)
+        return produced
+
+    def _propose(self) -> Proposal:
+        logits, _ = self.state.forward()
+        probs = None if self.gen.greedy else warp(logits, self.gen)
+        candidate = choose(logits, self.gen, self.rng)
+        fed = False
+        hidden = None
+        if self.router.needs_hidden:
+            self.state.append(candidate)
+            fed = True
+            _, hidden = self.state.forward(need_hidden=True)
+        ids = self.state.ids if fed else self.state.ids + [candidate]
+        step = RouterStep(logits, candidate, ids, hidden, self.scorer_state, self.gen)
+        score = self.router.score(step)
+        want_cloud = self.router.use_cloud(score, step)
+        return Proposal(candidate, probs, score, want_cloud, fed)
+
+    def _keep_local(self, p: Proposal) -> list[Produced]:
+        if not p.fed:
+            self.state.append(p.candidate)
+        source: TokenSource = "fallback" if p.want_cloud and self.cloud_down else "local"
+        return [Produced(p.candidate, source, p.score, p.candidate)]
+
+    def _cloud_only(self) -> list[Produced]:
+        """Always-cloud routing: the cloud supplies every token; the SLM drafts nothing."""
+        m = self.strategy.size() if isinstance(self.strategy, Replace) else 1
+        reply = self.call(lambda prefix: self.cloud.next_tokens(prefix, self.gen, m, self.seed()), len(self.state.ids))
+        if reply is None:
+            logits, _ = self.state.forward()
+            return self._keep_local(Proposal(choose(logits, self.gen, self.rng), None, None, True, False))
+        new_ids = self.reply_ids(reply)
+        self.state.append(new_ids)
+        return [Produced(t, "cloud") for t in new_ids]
+
+    # -- what the cloud modes use -----------------------------------------------------------------------
+
+    def seed(self) -> int | None:
+        return self.gen.seed + len(self.state.ids) if self.gen.seed is not None else None
+
+    def call(self, request: Any, prefix_len: int) -> Any:
+        """Run one cloud request on the prefix; book it; None when the cloud failed and we continue locally."""
+        prefix = self.state.ids[:prefix_len]
+        prompt: list[int] | str = prefix if self.use_ids else self.tokenizer.decode(prefix, skip_special_tokens=False)
+        try:
+            with self.state.away():  # other requests' SLM steps go ahead while this one waits on the cloud
+                reply = request(prompt)
+        except CloudError as e:
+            self.ledger.failed_cloud_calls += 1
+            if self.cloud is None or self.cloud.config.on_failure == "raise":
+                # the same error (its type says whether the breaker skipped the call), now carrying the text
+                # released so far and the tokens behind it: nothing generated is lost
+                e.partial_text = self.release.text
+                e.partial_token_ids = self.state.ids[self.n_prompt:prefix_len]
+                raise
+            self.cloud_down = True  # no more round trips in this request that would each time out
+            return None
+        book_call(self.ledger, reply, self.ctx.prices)
+        return reply
+
+    def reply_ids(self, reply: CloudReply) -> list[int]:
+        """SLM token ids for the cloud's reply; [eos] when the cloud ended the answer.
+
+        Text hand-over (different tokenizers): the generated text plus the cloud's piece is re-tokenized,
+        the SLM's ids are rolled back to the common prefix, and the differing tail is returned.
+        """
+        eos = next(iter(self.eos))
+        if self.use_ids and reply.tokens and all(t.token_id is not None for t in reply.tokens):
+            return [t.token_id for t in reply.tokens]  # type: ignore[misc]
+        if not reply.text:
+            return [eos]
+        generated = self.state.ids[self.n_prompt:]
+        old_text = self.tokenizer.decode(generated, skip_special_tokens=False)
+        new_ids = self.tokenizer.encode(old_text + reply.text, add_special_tokens=False)
+        common = 0
+        for a, b in zip(generated, new_ids):
+            if a != b:
+                break
+            common += 1
+        self.state.truncate(self.n_prompt + common)
+        tail = new_ids[common:]
+        return tail or [eos]
+
+    # -- emission ---------------------------------------------------------------------------------------
+
+    def _drop_from(self, n_generated: int) -> None:
+        self.state.truncate(self.n_prompt + n_generated)
+
+    def _emit(self, item: Produced, index: int, latency: float) -> TokenEvent | None:
+        """Book one produced token and release its text; None when the answer ends here."""
+        if item.token_id in self.eos:
+            self._drop_from(index)
+            self.finish = "stop"
+            return None
+        book_token(self.ledger, item.source)
+        piece, stopped = self.release.update(self.state.ids[self.n_prompt: self.n_prompt + index + 1])
+        if stopped:
+            self.finish = "stop"
+            self._drop_from(index + 1)
+        event = TokenEvent(piece, item.token_id, item.source, item.score, latency, item.candidate)
+        self.events.append(event)
+        return event
