@@ -78,25 +78,35 @@ def run_fault(slm_dir: Path, proxy: FaultProxy, model: str, mode: str, policy: s
             streamed.append(event)  # noqa: PERF402 - what streamed before a raise is the point
         result = gen.result
         assert result is not None
-        kept = result.text.startswith(engine.tokenizer.decode(result.token_ids[:after], skip_special_tokens=True))
-        sources = [e.source for e in result.events]
+        before = engine.tokenizer.decode(result.token_ids[:after], skip_special_tokens=True)
+        sources = [e.source for e in result.events if not e.final_flush]
         row.update(outcome="completed", tokens=len(result.token_ids), cloud_tokens=result.ledger.cloud_tokens,
                    fallback_tokens=result.ledger.fallback_tokens, failed_cloud_calls=result.ledger.failed_cloud_calls,
-                   text_kept=kept and "".join(e.text for e in streamed) == result.text,
+                   # None: the fault came before any text, so there was nothing to keep
+                   text_kept=(result.text.startswith(before) and "".join(e.text for e in streamed) == result.text)
+                   if before else None,
                    fallback_marked=all(s == "fallback" for s in sources[result.ledger.cloud_tokens:])
-                   if result.ledger.failed_cloud_calls else True)
+                   if result.ledger.failed_cloud_calls else None)
     except CloudError as e:
         text = "".join(ev.text for ev in streamed)
-        row.update(outcome=f"raised {type(e).__name__}", tokens=len(streamed), cloud_tokens=len(streamed),
-                   fallback_tokens=0, failed_cloud_calls=1,
-                   text_kept=e.partial_text.startswith(text) and len(e.partial_token_ids) == len(streamed),
-                   fallback_marked=True, error=str(e).split(". ")[0][:160])
+        ledger = e.ledger  # the request's own ledger up to the fault
+        row.update(outcome=f"raised {type(e).__name__}", tokens=len(e.partial_token_ids),
+                   cloud_tokens=ledger.cloud_tokens if ledger else None,
+                   fallback_tokens=ledger.fallback_tokens if ledger else None,
+                   failed_cloud_calls=ledger.failed_cloud_calls if ledger else None,
+                   text_kept=(e.partial_text.startswith(text) and len(e.partial_token_ids) == len(streamed))
+                   if streamed else None,
+                   fallback_marked=None,  # the raise policy marks nothing: it raises
+                   error=str(e).split(". ")[0][:160])
     row["seconds"] = round(time.monotonic() - t0, 2)
     row["attempts_faulted"] = sum(proxy.injected.values())
     # a reply without logprobs is used as text in replace mode (no retry); every other fault: 1 try + 1 retry
     row["retries_bounded"] = (row["failed_cloud_calls"] == 0 if mode == "no_logprobs"
                               else row["attempts_faulted"] <= 2)
-    row["survived"] = bool(row["text_kept"] and row["retries_bounded"] and row["fallback_marked"]
+    # survived: no text lost (where there was text), retries bounded, fallback tokens marked (where the local
+    # policy fell back), and the policy honoured (local completes; raise raises or completes a no-fault run)
+    row["survived"] = bool(row["text_kept"] is not False and row["retries_bounded"]
+                           and row["fallback_marked"] is not False
                            and (policy == "raise" or row["outcome"] == "completed"))
     proxy.set("pass")
     return row
@@ -153,25 +163,36 @@ def bad_inputs(slm_dir: Path, base_url: str, model: str) -> list[dict[str, Any]]
 
     image = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "http://x/a.png"}}]
     keyed = FaultProxy(base_url, api_key="the-right-key")
-    cases: list[tuple[str, Callable[[], Any]]] = [
-        ("empty message list", lambda: lc().invoke([])),
-        ("unknown role", lambda: lc().invoke([LCChat(role="wizard", content="hi")])),
-        ("non-text content (LangChain)", lambda: lc().invoke([HumanMessage(content=image)])),
+    # each case with the documented error (README's bad-input table): its type and a phrase of its message;
+    # a bad input counts as refused only when it raised exactly that
+    cases: list[tuple[str, Callable[[], Any], tuple[str, ...], str]] = [
+        ("empty message list", lambda: lc().invoke([]), ("ConfigError",), "messages is empty"),
+        ("unknown role", lambda: lc().invoke([LCChat(role="wizard", content="hi")]), ("ValueError", "ConfigError"),
+         "no counterpart in the chat template"),
+        ("non-text content (LangChain)", lambda: lc().invoke([HumanMessage(content=image)]),
+         ("ValueError", "ConfigError"), "text content only"),
         ("non-text content (LlamaIndex)", lambda: li().chat([ChatMessage(
-            role="user", blocks=[TextBlock(text="what is this?"), ImageBlock(url="http://x/a.png")])])),
-        ("prompt longer than the SLM's context", lambda: lc().invoke("word " * 33000)),
-        ("max_tokens <= 0", lambda: li().complete("hi", max_tokens=0)),
-        ("NaN threshold", lambda: lc(threshold=float("nan"))),
-        ("infinite threshold", lambda: li(router="max_prob", threshold=float("inf"))),
-        ("reward model trained for another pair", lambda: _foreign_head_request(lc)),
+            role="user", blocks=[TextBlock(text="what is this?"), ImageBlock(url="http://x/a.png")])]),
+         ("ValueError", "ConfigError"), "text only"),
+        ("prompt longer than the SLM's context", lambda: lc().invoke("word " * 33000), ("ConfigError",),
+         "shorten the prompt"),
+        ("max_tokens <= 0", lambda: li().complete("hi", max_tokens=0), ("ValidationError",), "must be >= 1"),
+        ("NaN threshold", lambda: lc(threshold=float("nan")), ("ValidationError",), "is not a finite number"),
+        ("infinite threshold", lambda: li(router="max_prob", threshold=float("inf")), ("ValidationError",),
+         "is not a finite number"),
+        ("reward model trained for another pair", lambda: _foreign_head_request(lc), ("ModelMismatchError",),
+         "was trained for SLM"),
         ("unreachable base_url", lambda: li(base_url="http://127.0.0.1:9/v1", router="cloud", timeout=3,
-                                            max_retries=1).complete("hi")),
-        ("wrong API key (401)", lambda: lc(base_url=keyed.base_url, router="cloud", api_key="wrong").invoke("hi")),
-        ("model name the server does not serve", lambda: lc(cloud_model="gpt-99", router="cloud").invoke("hi")),
+                                            max_retries=1).complete("hi"), ("CloudError",),
+         "Check that the server is up"),
+        ("wrong API key (401)", lambda: lc(base_url=keyed.base_url, router="cloud", api_key="wrong").invoke("hi"),
+         ("CloudError",), "refused the API key"),
+        ("model name the server does not serve", lambda: lc(cloud_model="gpt-99", router="cloud").invoke("hi"),
+         ("CloudError",), "does not serve model 'gpt-99'"),
     ]
     rows = []
     try:
-        for name, call in cases:
+        for name, call, documented, phrase in cases:
             t0 = time.monotonic()
             try:
                 call()
@@ -182,7 +203,9 @@ def bad_inputs(slm_dir: Path, base_url: str, model: str) -> list[dict[str, Any]]
                 text = text.removeprefix("Value error, ").split(" [type=")[0]
                 fix = any(w in text for w in ("Fix", "fix", "pass ", "use ", "Use ", "set ", "remove", "Remove",
                                               "shorten", "Check"))
-                rows.append({"input": name, "refused": True, "error": type(e).__name__, "message": text[:320],
+                as_documented = type(e).__name__ in documented and phrase in str(e)
+                rows.append({"input": name, "refused": as_documented, "error": type(e).__name__,
+                             "documented_error": "/".join(documented), "message": text[:320],
                              "names_fix": fix, "seconds": round(time.monotonic() - t0, 2)})
     finally:
         keyed.close()
@@ -298,7 +321,8 @@ def main() -> None:
     summary = {
         "faults_injected": sum(r["attempts_faulted"] for r in faults),
         "fault_runs": len(faults), "fault_runs_survived": sum(r["survived"] for r in faults),
-        "text_lost_runs": sum(not r["text_kept"] for r in faults),
+        "text_lost_runs": sum(r["text_kept"] is False for r in faults),
+        "runs_without_text_to_keep": sum(r["text_kept"] is None for r in faults),
         "bad_inputs_tried": len(bad), "bad_inputs_refused": sum(r["refused"] for r in bad),
         "bad_input_errors_naming_a_fix": sum(r.get("names_fix", False) for r in bad),
         "concurrent_requests": conc["requests_in_flight"],

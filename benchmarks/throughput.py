@@ -156,7 +156,6 @@ def main() -> None:
 
     server = start_server(VLLMServerConfig())
     client = CloudClient(CloudConfig(base_url=server.base_url, model=VLLMServerConfig().name, timeout=300))
-    torch_threads = apply_slm_threads(server.base_url)  # the policy a user's engine applies beside a local vLLM
     local = load_local_model(resolve_model(DEFAULT_SLM))
     slm_engine = HybridEngine(local, EntropyRouter(float("inf")), client)  # scores entropy, never asks the cloud
     n_max = max(args.concurrency)
@@ -167,21 +166,25 @@ def main() -> None:
         return prompts[: args.single_n] if c == 1 else prompts[: min(n_max, 2 * c)]
 
     rows = []
+    # torch threads as a user's engine sets them: every core without a cloud, one core left to a local vLLM
+    slm_threads = apply_slm_threads(None)
     probe = run_engine(slm_engine, prompts[: args.single_n], gen, "entropy probe")
     entropies = sorted(probe.pop("_entropies"))
     threshold = entropies[int((1 - args.target) * (len(entropies) - 1))]
     for c in args.concurrency:
         rows.append(run_concurrent(slm_engine, prompts_for(c), gen, f"SLM-only, {c} concurrent", c))
+        rows[-1]["torch_threads"] = slm_threads
+    step = local_step_cost(slm_engine, prompts[0])  # one row, SLM-only threads
+    hybrid_threads = apply_slm_threads(server.base_url)
     hybrid = HybridEngine(local, EntropyRouter(threshold), client)
     for mode in ("replace", "block_verify"):
         mgen = gen.model_copy(update={"cloud_mode": mode})
         for c in args.concurrency:
             row = run_concurrent(hybrid, prompts_for(c), mgen, f"hybrid {mode}, entropy > {threshold:.2f}, {c} concurrent", c)
-            row.update(threshold=threshold, cloud_mode=mode)
+            row.update(threshold=threshold, cloud_mode=mode, torch_threads=hybrid_threads)
             rows.append(row)
     for c in sorted({1, n_max}):
         rows.append(run_cloud_only(client, prompts_for(c), args.max_new_tokens, c))
-    step = local_step_cost(slm_engine, prompts[0])
 
     def rate(label_start: str, c: int) -> float:
         return next(r["tokens_per_s"] for r in rows if r["label"].startswith(label_start) and r["concurrency"] == c)
@@ -202,7 +205,7 @@ def main() -> None:
     result = {
         "benchmark": "throughput",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {"cores": os.cpu_count(), "torch_threads": torch_threads, "platform": platform.platform()},
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
         "max_new_tokens": args.max_new_tokens,
         "data": args.data.name,
         "rows": rows,
@@ -216,9 +219,11 @@ def main() -> None:
     from readme_table import markdown_table, write_section
 
     table = markdown_table(
-        ["configuration", "requests", "tokens/s", "activation", "cloud calls / cloud token", "SLM rows / forward"],
+        ["configuration", "requests", "tokens/s", "activation", "cloud calls / cloud token", "SLM rows / forward",
+         "torch threads"],
         [[r["label"], r["requests"], r["tokens_per_s"], f"{r['activation_ratio']:.0%}",
-          _fmt(r.get("cloud_calls_per_cloud_token")), _fmt(r.get("mean_rows_per_forward"))] for r in rows],
+          _fmt(r.get("cloud_calls_per_cloud_token")), _fmt(r.get("mean_rows_per_forward")),
+          r.get("torch_threads", "-")] for r in rows],
     )
     table += "\n\n" + markdown_table(["target", "measured", "goal", "met"],
                                       [[t["target"], f"{t['measured']:.2f}", t["goal"], "yes" if t["met"] else "no"]
@@ -226,7 +231,7 @@ def main() -> None:
     table += (f"\n\nLocal SLM step (median, one row): {step['median_step_s_plain'] * 1000:.1f} ms plain, "
               f"{step['median_step_s_with_reward_head'] * 1000:.1f} ms with the trunk reward head "
               f"(x{step['reward_overhead_ratio']:.2f}). GSM8K prompts, {args.max_new_tokens} new tokens, greedy, "
-              f"{os.cpu_count()} cores, torch on {torch_threads} thread(s) beside the local vLLM, run {result['date']}.")
+              f"{os.cpu_count()} cores; torch threads as the engine sets them (docs above); run {result['date']}.")
     write_section("throughput", table, DOC)
     print(table)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class HybridLLMError(Exception):
     """Base class for every error raised by hybrid_llm_adapters."""
@@ -27,13 +29,14 @@ class CloudError(HybridLLMError):
     """The cloud endpoint failed after retries.
 
     ``partial_text`` and ``partial_token_ids`` carry what was generated before the fault, so a cloud
-    failure never loses text.
+    failure never loses text; ``ledger`` (a ``UsageLedger``, when raised from a request) what it had used.
     """
 
     def __init__(self, message: str, *, partial_text: str = "", partial_token_ids: list[int] | None = None):
         super().__init__(message)
         self.partial_text = partial_text
         self.partial_token_ids = list(partial_token_ids or [])
+        self.ledger: Any = None
 
 
 class CloudUnavailableError(CloudError):

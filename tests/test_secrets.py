@@ -1,7 +1,7 @@
 """The API key is a secret: it reaches the server's Authorization header and nowhere else. All logging (root,
-openai, httpx, httpcore at DEBUG), LangChain callbacks, LlamaIndex instrumentation events, reprs, dumps and
-exceptions (with their chains) are searched for it, across a request that uses the cloud and one refused
-with 401."""
+openai, httpx, httpcore at DEBUG), LangChain callbacks, LlamaIndex instrumentation events, reprs, dumps,
+exceptions (with their chains), everything written to stdout / stderr (the CLI's rich tables included) and the
+vLLM server's log are searched for it, across requests that use the cloud and ones refused with 401."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def everything_about(error: BaseException) -> str:
     return "".join(traceback.format_exception(error)) + repr(error.args) + repr(vars(error))
 
 
-def test_api_key_never_leaks(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_api_key_never_leaks(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture,
+                             capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import llama_index.core.instrumentation as instrument
     from langchain_core.load import dumps
     from langchain_hybrid_llm import HybridChatModel as LCModel
@@ -90,12 +91,58 @@ def test_api_key_never_leaks(tiny_model_dir: Path, caplog: pytest.LogCaptureFixt
                           repr(engine.cloud), repr(model.engine_config() if callable(model.engine_config)
                                                    else model.engine_config), engine.cloud.config.model_dump_json()]
             texts += [dumps(lc_ok), dumps(lc_ok, pretty=True), li_ok.to_json(), json.dumps(li_ok.to_dict(), default=str)]
+            assert cli_chat(tiny_model_dir, ok.base_url, monkeypatch) == 0
+            assert cli_chat(tiny_model_dir, refusing.base_url, monkeypatch) != 0  # the CLI reports the 401
     finally:
         dispatcher.event_handlers.remove(handler)
-    texts += [caplog.text, *rec.seen]
+    console = capfd.readouterr()
+    assert "usage ledger" in console.out  # the CLI's rich tables were captured
+    assert "refused the API key" in console.out + console.err  # and its error for the 401
+    texts += [caplog.text, *rec.seen, console.out, console.err]
     names = {r.name.split(".")[0] for r in caplog.records}
     assert {"openai", "httpcore"} <= names  # the DEBUG capture did capture the SDK's request logs
     assert any("on_chat_model_start" in s for s in rec.seen) and any("LLMCompletion" in s for s in rec.seen)
     assert any("401" in t for t in texts)
     for text in texts:
+        assert SECRET not in text
+
+
+def cli_chat(slm: Path, base_url: str, monkeypatch: pytest.MonkeyPatch) -> int:
+    """``hybrid-llm chat`` with the key from the environment (as a user passes it), printing the ledger table."""
+    from hybrid_llm_adapters import cli
+
+    monkeypatch.setenv("HYBRID_LLM_API_KEY", SECRET)
+    monkeypatch.setattr(cli.console, "width", 200)
+    return cli.main(["chat", "hi", "--slm", str(slm), "--cloud-url", base_url, "--cloud-model", "stub",
+                     "--router", "cloud", "--max-tokens", "3", "--on-failure", "raise"])
+
+
+@pytest.mark.real
+@pytest.mark.cloud
+def test_api_key_absent_from_the_vllm_log_and_console(real_slm_dir: Path, cloud_base_url: str, cloud_model_name: str,
+                                                      capfd: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A successful cloud request to the real vLLM carries the key (the server accepts any key when started
+    without one) and a 401 comes from a keyed proxy in front of it: neither the server's log nor the console
+    shows the key."""
+    from urllib.parse import urlparse
+
+    from hybrid_llm_adapters import cli
+    from hybrid_llm_adapters.cloud.server import log_path
+
+    log = log_path(urlparse(cloud_base_url).port or 8765)
+    start = log.stat().st_size
+    monkeypatch.setenv("HYBRID_LLM_API_KEY", SECRET)
+    monkeypatch.setattr(cli.console, "width", 200)
+    args = ["chat", "What is 2 + 2?", "--slm", str(real_slm_dir), "--cloud-model", cloud_model_name,
+            "--router", "cloud", "--max-tokens", "4", "--on-failure", "raise", "--timeout", "120"]
+    assert cli.main([*args, "--cloud-url", cloud_base_url]) == 0
+    with FaultProxy(cloud_base_url, api_key="the-right-key") as keyed:
+        assert cli.main([*args, "--cloud-url", keyed.base_url]) != 0
+    console = capfd.readouterr()
+    assert "refused the API key" in console.out + console.err
+    server_log = log.read_text(errors="replace")[start:]
+    assert "POST /v1/completions" in server_log  # the request did reach the server and its log
+    assert "usage ledger" in console.out
+    for text in (server_log, console.out, console.err):
         assert SECRET not in text

@@ -23,6 +23,7 @@ from ..errors import CloudError
 from ..events import FinishReason, GenerationResult, TokenEvent, TokenSource
 from ..local.sampling import choose, warp
 from ..local.slm import LocalModel
+from ..local.threads import serial_torch
 from ..routing import Router, RouterStep
 from .booking import book_call, book_token
 from .modes import Replace, build_mode
@@ -96,7 +97,8 @@ class RequestDecoder:
         while produced_total < limit and self.finish != "stop":
             t0 = time.perf_counter()
             cloud_before = self.ledger.cloud_seconds
-            produced = self._step()
+            with serial_torch():  # only the SLM batcher's thread runs torch on several threads
+                produced = self._step()
             step_s = time.perf_counter() - t0
             self.ledger.local_seconds += step_s - (self.ledger.cloud_seconds - cloud_before)
             for item in produced:
@@ -192,6 +194,7 @@ class RequestDecoder:
                 # released so far and the tokens behind it: nothing generated is lost
                 e.partial_text = self.release.text
                 e.partial_token_ids = self.state.ids[self.n_prompt:prefix_len]
+                e.ledger = self.ledger.model_copy()  # what the request used up to the fault, failed call included
                 raise
             self.cloud_down = True  # no more round trips in this request that would each time out
             return None

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .ragged import RowInput, RowOutput
+from .threads import adopt_slm_threads
 
 
 @dataclass
@@ -114,6 +115,7 @@ class StepBatcher:
     def _run(self) -> None:
         while True:
             jobs = self._take()
+            adopt_slm_threads()
             try:
                 outputs = self._forward([j.row for j in jobs])
             except BaseException as e:  # noqa: BLE001 - handed to every waiting request
