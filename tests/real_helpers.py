@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import urllib.request
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -21,6 +23,34 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
         if x != y:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def match_through_ties(ours: Callable[[list[int], int], list[int]], ref: Callable[[list[int], int], list[int]],
+                       gap: Callable[[list[int]], float], prompt: list[int], n: int, what: str,
+                       max_ties: int = 4) -> list[int]:
+    """Compare two greedy decoders over ``n`` new tokens, token for token, all the way.
+
+    Where they part, the reference's top-2 gap at that position must be a near-tie (< ``NEAR_TIE``); both then
+    continue from the reference's token (forced into the prompt), so everything after a tie is still compared.
+    Any other difference fails. Returns the positions of the ties.
+    """
+    done: list[int] = []
+    ties: list[int] = []
+    while len(done) < n:
+        a, b = ours(prompt + done, n - len(done)), ref(prompt + done, n - len(done))
+        i = first_difference(a, b)
+        if i is None:
+            break
+        g = gap(prompt + done + b[:i])
+        assert g < NEAR_TIE, f"{what} parts from the reference at token {len(done) + i} without a near-tie (gap {g})"
+        ties.append(len(done) + i)
+        assert len(ties) <= max_ties, f"{what}: {len(ties)} near-ties in {n} tokens"
+        if i >= len(b) or i >= len(a):  # one side ended the answer at the tie: nothing left to force
+            break
+        done += b[: i + 1]
+    if ties:
+        warnings.warn(f"{what} met near-ties at tokens {ties} and matched the reference around them")
+    return ties
 
 
 def slm_top2_gap(model: Any, ids: list[int]) -> float:
@@ -50,7 +80,7 @@ def vllm_top2_gap(client: openai.OpenAI, model: str, prompt: list[int]) -> float
 
 
 def vllm_metrics(base_url: str) -> dict[str, float]:
-    """The server's Prometheus counters (prompt / generation tokens, requests)."""
+    """The server's Prometheus counters (prompt, cached prompt and generation tokens; requests)."""
     root = base_url.removesuffix("/v1")
     text = urllib.request.urlopen(f"{root}/metrics", timeout=10).read().decode()
     out: dict[str, float] = {}
@@ -59,7 +89,8 @@ def vllm_metrics(base_url: str) -> dict[str, float]:
             continue
         name_labels, _, value = line.rpartition(" ")
         name = name_labels.split("{", 1)[0]
-        if name in ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:request_success_total"):
+        if name in ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:request_success_total",
+                    "vllm:prompt_tokens_cached_total"):
             out[name] = out.get(name, 0.0) + float(value)
     return out
 

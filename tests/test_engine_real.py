@@ -7,14 +7,13 @@ always-cloud reproduces vLLM's own greedy completion, token for token (near-ties
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from real_helpers import (
     NEAR_TIE,
-    first_difference,
+    match_through_ties,
     slm_top2_gap,
     vllm_client,
     vllm_greedy,
@@ -55,17 +54,23 @@ def chat_ids(engine: HybridEngine, text: str) -> list[int]:
 
 def test_always_local_reproduces_slm_generate(slm, gsm8k_question: str) -> None:
     engine = HybridEngine(slm, AlwaysLocalRouter())
-    for text in (CODE_PROMPT, gsm8k_question):
-        ids = chat_ids(engine, text)
-        ours = engine.generate(ids, GenerationConfig(max_new_tokens=48)).token_ids
+
+    def ours(prompt: list[int], n: int) -> list[int]:
+        return engine.generate(prompt, GenerationConfig(max_new_tokens=n)).token_ids
+
+    def generate(prompt: list[int], n: int) -> list[int]:
         with torch.inference_mode():
-            ref = slm.model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False)[0, len(ids):].tolist()
-        ref = [t for t in ref if t not in slm.eos_token_ids]
-        i = first_difference(ours, ref)
-        if i is not None:
-            gap = slm_top2_gap(slm.model, ids + ref[:i])
-            assert gap < NEAR_TIE, f"always-local parts from generate() at token {i} without a near-tie (gap {gap})"
-            warnings.warn(f"always-local parted from generate() at a near-tie (token {i}, gap {gap:.2e})")
+            ref = slm.model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False)[0, len(prompt):]
+        out = []
+        for t in ref.tolist():
+            if t in slm.eos_token_ids:
+                break
+            out.append(t)
+        return out
+
+    for text in (CODE_PROMPT, gsm8k_question):
+        match_through_ties(ours, generate, lambda p: slm_top2_gap(slm.model, p), chat_ids(engine, text), 48,
+                           "always-local vs generate()")
 
 
 def test_always_cloud_reproduces_vllm_greedy(slm, cloud: CloudClient, gsm8k_question: str) -> None:
@@ -75,12 +80,14 @@ def test_always_cloud_reproduces_vllm_greedy(slm, cloud: CloudClient, gsm8k_ques
         ids = chat_ids(engine, text)
         result = engine.generate(ids, GenerationConfig(max_new_tokens=32))
         assert {e.source for e in result.events} == {"cloud"}
-        ref = vllm_greedy(client, cloud.config.model, ids, 32)
-        i = first_difference(result.token_ids, ref)
-        if i is not None:
-            gap = vllm_top2_gap(client, cloud.config.model, ids + ref[:i])
-            assert gap < NEAR_TIE, f"always-cloud parts from vLLM greedy at token {i} without a near-tie (gap {gap})"
-            warnings.warn(f"always-cloud parted from vLLM greedy at a near-tie (token {i}, gap {gap:.2e})")
+
+        def ours(prompt: list[int], n: int, ids: list[int] = ids, first: list[int] = result.token_ids) -> list[int]:
+            if prompt == ids and n == 32:
+                return first
+            return engine.generate(prompt, GenerationConfig(max_new_tokens=n)).token_ids
+
+        match_through_ties(ours, lambda p, n: vllm_greedy(client, cloud.config.model, p, n),
+                           lambda p: vllm_top2_gap(client, cloud.config.model, p), ids, 32, "always-cloud vs vLLM")
 
 
 def test_mixed_run_ledger_adds_up(slm, cloud: CloudClient, gsm8k_question: str) -> None:
