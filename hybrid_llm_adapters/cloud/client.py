@@ -161,7 +161,6 @@ class CloudClient:
             timeout=config.timeout,
             max_retries=0,
         )
-        self.calls = 0
 
     def __repr__(self) -> str:  # never show the key
         return f"CloudClient(base_url={self.config.base_url!r}, model={self.config.model!r})"
@@ -308,7 +307,6 @@ class CloudClient:
         try:
             for attempt in retrying:
                 with attempt:
-                    self.calls += 1
                     response = self._create_once(params, require_logprobs)
         except RetryError as e:
             last = e.last_attempt.exception()
