@@ -6,10 +6,11 @@ transformers' ``GenerationConfig.validate``.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -21,6 +22,23 @@ FallbackPolicy = Literal["raise", "local"]
 
 DEFAULT_CLOUD_BASE_URL = "http://127.0.0.1:8765/v1"
 DEFAULT_CLOUD_MODEL = "qwen2.5-coder-1.5b-instruct"
+
+
+def refuse_unknown_settings(given: Any, model: type[BaseModel]) -> None:
+    """Refuse keyword arguments that are not settings of ``model`` (a misspelt name would otherwise be ignored
+    silently), naming the closest valid setting."""
+    if not isinstance(given, dict):
+        return
+    valid = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
+    unknown = sorted(k for k in given if isinstance(k, str) and k not in valid)
+    if not unknown:
+        return
+    named = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
+        named.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    raise ConfigError(f"{model.__name__} has no setting {', '.join(named)}. Fix: use one of its settings "
+                      f"(listed in {model.__name__}.model_fields), spelt as documented.")
 
 
 def positive_tokens(value: int | None) -> int | None:

@@ -137,3 +137,18 @@ def test_bad_input_is_refused_clearly(case: Case, tiny_model_dir: Path, stub: Fa
     _name, call, error, pattern = case
     with pytest.raises(error, match=pattern):
         call(tiny_model_dir, stub=stub, keyed=keyed, head=foreign_head, cloud_head=other_cloud_head)
+
+
+@pytest.mark.parametrize("framework", ["langchain", "llama_index"])
+def test_misspelt_settings_are_refused_with_the_closest_name(framework: str) -> None:
+    """A misspelt keyword used to be ignored silently by LangChain; both adapters now name the closest setting."""
+    if framework == "langchain":
+        from langchain_hybrid_llm import HybridChatModel
+    else:
+        from llama_index.llms.hybrid import HybridChatModel
+    with pytest.raises(ValueError) as info:
+        HybridChatModel(on_failure="local", tempreature=0.2)
+    message = str(info.value)
+    assert "'on_failure' (did you mean 'on_cloud_failure'?)" in message
+    assert "'tempreature' (did you mean 'temperature'?)" in message
+    HybridChatModel(on_cloud_failure="local", temperature=0.2)  # the right names are accepted

@@ -28,7 +28,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env, secret_from_env
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from hybrid_llm_adapters import (
     CloudConfig,
@@ -52,6 +52,7 @@ from hybrid_llm_adapters.config import (
     RouterKind,
     finite_threshold,
     positive_tokens,
+    refuse_unknown_settings,
 )
 
 from ._convert import Delta, ToolCallStreamParser, normalize_tool_choice, to_chat_dicts
@@ -139,6 +140,12 @@ class HybridChatModel(BaseChatModel):
     dtype: str = "bfloat16"
 
     _engine: HybridEngine | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_settings(cls, data: Any) -> Any:
+        refuse_unknown_settings(data, cls)
+        return data
 
     @field_validator("threshold")
     @classmethod

@@ -30,7 +30,14 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+from llama_index.core.bridge.pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
@@ -47,7 +54,13 @@ from hybrid_llm_adapters import (
     get_engine,
 )
 from hybrid_llm_adapters.chat_api import ChatOutput, PreparedChat, finish_chat, prepare_chat
-from hybrid_llm_adapters.config import FallbackPolicy, RouterKind, finite_threshold, positive_tokens
+from hybrid_llm_adapters.config import (
+    FallbackPolicy,
+    RouterKind,
+    finite_threshold,
+    positive_tokens,
+    refuse_unknown_settings,
+)
 
 from .events import HybridLLMUsageEvent
 from .utils import (
@@ -123,6 +136,12 @@ class HybridChatModel(FunctionCallingLLM):
         "SLM's and the cloud server's limit (e.g. vLLM --max-model-len) for RAG prompt packing.")
 
     _engine: HybridEngine | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_settings(cls, data: Any) -> Any:
+        refuse_unknown_settings(data, cls)
+        return data
 
     @field_validator("threshold")
     @classmethod
