@@ -34,6 +34,10 @@ class HFRowCache:
             self.cache.crop(length)
             self.length = length
 
+    def release(self) -> None:
+        self.cache = DynamicCache()
+        self.length = 0
+
 
 class HFRowForward:
     """The fallback for architectures ``RaggedForward`` does not cover: transformers' own forward, one row at a
@@ -192,6 +196,7 @@ class SLMState:
         if self._registered is not None:
             self._registered()  # runs unregister once
             self._registered = None
+            self.cache.release()  # its buffers serve the next request
 
     def truncate_cache(self, length: int) -> None:
         """Roll the KV cache back to cover ``ids[:length]``; the ids themselves stay (pending)."""
