@@ -73,10 +73,13 @@ def render_chat(
     return tokenizer.encode(rendered + assistant_prefix, add_special_tokens=False)
 
 
-def forced_tool_prefix(tool_choice: str | None, tool_names: list[str]) -> str:
+def forced_tool_prefix(tool_choice: str | None, tool_names: list[str], no_argument_tools: frozenset[str] = frozenset()
+                       ) -> str:
     """Text that starts the answer so the model must call a tool.
 
-    ``tool_choice``: None/"auto"/"none" (no forcing), "any"/"required" (some tool), or a tool name.
+    ``tool_choice``: None/"auto"/"none" (no forcing), "any"/"required" (some tool), or a tool name. A forced
+    tool that takes no arguments gets them written too (``{}``): there is nothing for the SLM to decide, and a
+    0.5B SLM left to write them has copied the tool's schema instead.
     """
     if tool_choice in (None, "auto", "none"):
         return ""
@@ -89,6 +92,8 @@ def forced_tool_prefix(tool_choice: str | None, tool_names: list[str]) -> str:
         raise ConfigError(f"tool_choice={tool_choice!r} names no bound tool; bound tools: {tool_names}.")
     # no space after the colon: the SLM's tokenizer writes ' {"' as one token, and a prompt ending in ' '
     # pushes a small model off that token (seen: Qwen2.5-Coder-0.5B then emits '{}').
+    if tool_choice in no_argument_tools:
+        return f'{TOOL_CALL_OPEN}\n{{"name": "{tool_choice}", "arguments": {{}}}}'
     return f'{TOOL_CALL_OPEN}\n{{"name": "{tool_choice}", "arguments":'
 
 

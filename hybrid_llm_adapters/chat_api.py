@@ -36,10 +36,20 @@ def tool_names(tools: list[dict[str, Any]] | None) -> list[str]:
     return [t.get("function", t)["name"] for t in tools or []]
 
 
+def no_argument_tools(tools: list[dict[str, Any]] | None) -> frozenset[str]:
+    """Names of the tools whose parameters schema declares no properties."""
+    out = set()
+    for tool in tools or []:
+        fn = tool.get("function", tool)
+        if not (fn.get("parameters") or {}).get("properties"):
+            out.add(fn["name"])
+    return frozenset(out)
+
+
 def prepare_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                  tool_choice: str | None = None) -> PreparedChat:
     """Render a chat request. ``tools`` are OpenAI function schemas ({"type": "function", "function": {...}})."""
-    prefix = forced_tool_prefix(tool_choice, tool_names(tools)) if tools else ""
+    prefix = forced_tool_prefix(tool_choice, tool_names(tools), no_argument_tools(tools)) if tools else ""
     ids = render_chat(tokenizer, messages, tools, assistant_prefix=prefix)
     return PreparedChat(ids, prefix, list(tools or []))
 

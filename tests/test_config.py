@@ -92,3 +92,16 @@ def test_forced_tool_prefix() -> None:
     assert forced_tool_prefix("required", ["a", "b"]).endswith('{"name": "')
     with pytest.raises(ConfigError, match="names no bound tool"):
         forced_tool_prefix("c", ["a", "b"])
+
+
+def test_forced_call_of_a_tool_without_arguments_writes_them() -> None:
+    from hybrid_llm_adapters.chat_api import no_argument_tools
+
+    tools = [{"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}},
+             {"type": "function", "function": {"name": "add", "parameters": {
+                 "type": "object", "properties": {"a": {"type": "integer"}}}}}]
+    assert no_argument_tools(tools) == {"now"}
+    prefix = forced_tool_prefix("now", ["now", "add"], no_argument_tools(tools))
+    assert prefix.endswith('{"name": "now", "arguments": {}}')
+    assert parse_tool_calls(prefix + "\n</tool_call>")[1][0].arguments == {}
+    assert forced_tool_prefix("add", ["now", "add"], no_argument_tools(tools)).endswith('"arguments":')
