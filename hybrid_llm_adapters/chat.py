@@ -90,10 +90,10 @@ def forced_tool_prefix(tool_choice: str | None, tool_names: list[str], no_argume
             return f'{TOOL_CALL_OPEN}\n{{"name": "'
     if tool_choice not in tool_names:
         raise ConfigError(f"tool_choice={tool_choice!r} names no bound tool; bound tools: {tool_names}.")
-    # no space after the colon: the SLM's tokenizer writes ' {"' as one token, and a prompt ending in ' '
-    # pushes a small model off that token (seen: Qwen2.5-Coder-0.5B then emits '{}').
     if tool_choice in no_argument_tools:
         return f'{TOOL_CALL_OPEN}\n{{"name": "{tool_choice}", "arguments": {{}}}}'
+    # no space after the colon: the SLM's tokenizer writes ' {"' as one token, and a prompt ending in ' '
+    # pushes a small model off that token (seen: Qwen2.5-Coder-0.5B then emits '{}').
     return f'{TOOL_CALL_OPEN}\n{{"name": "{tool_choice}", "arguments":'
 
 

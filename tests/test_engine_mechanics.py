@@ -209,3 +209,30 @@ def test_ledger_cost_counts_each_call(slm, cloud_model) -> None:
     # every call re-sends the prefix: one-token calls cost more than one cloud-only call
     assert led.cost_usd > led.cloud_only_cost_usd
     assert led.savings_usd < 0
+
+
+def test_fallback_forward_for_other_architectures_matches_the_ragged_one(tiny_model_dir: Path) -> None:
+    """Models outside the Llama/Qwen2 family decode through transformers' own forward (``HFRowForward``), one
+    row at a time: same cache contract (append, crop, release), same logits as the ragged forward."""
+    from hybrid_llm_adapters.local.slm import HFRowForward, LocalModel, load_local_model
+
+    ragged = load_local_model(tiny_model_dir)
+    assert ragged.batched
+    fallback = LocalModel(ragged.path, ragged.model, ragged.tokenizer)
+    fallback.forward = HFRowForward(ragged.model)
+    fallback.batcher = type(ragged.batcher)(fallback.forward)
+    assert not fallback.batched
+    gen = GenerationConfig(max_new_tokens=12)
+    for local in (ragged, fallback):
+        engine = HybridEngine(local, AlwaysLocalRouter())
+        ids = engine.render([{"role": "user", "content": "Janet has 3 apples and buys 5 more."}])
+        state = local.new_state(ids)
+        first, _ = state.forward()
+        state.append([5, 6, 7])
+        state.forward()
+        state.truncate(len(ids))  # roll back three tokens, then re-feed the last prompt token
+        again, _ = state.forward()
+        state.close()
+        assert torch.equal(first, again)
+        assert engine.generate(ids, gen).token_ids == HybridEngine(ragged, AlwaysLocalRouter()).generate(
+            ids, gen).token_ids

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -160,8 +161,6 @@ def run_eval(engine: Any, config: EvalConfig, problems: list[Problem], out: Path
     ``concurrency`` problems are answered at once: their SLM steps share batched forwards and their cloud
     calls overlap, and each answer is the one it gets alone. Records are appended as answers finish.
     """
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
     run = EvalRun.open(config, out)
     evaluator = Evaluator(engine, config)
     todo = [p for p in problems if p.id not in run.records]

@@ -35,10 +35,6 @@ class BatchStats:
     rows: int = 0
     max_rows: int = 0
 
-    @property
-    def mean_rows(self) -> float:
-        return self.rows / self.forwards if self.forwards else 0.0
-
 
 class StepBatcher:
     """Runs the forwards that request threads ask for at the same time as one batch (see module docstring)."""

@@ -101,7 +101,8 @@ class RowCache:
     def reserve(self, total: int) -> None:
         if total <= self.capacity:
             return
-        new_cap = max(total, 2 * self.capacity)
+        # powers of two only: the pool then holds a few shapes, not one per prompt length
+        new_cap = 1 << (total - 1).bit_length()
         for name in ("keys", "values"):
             old = getattr(self, name)
             grown = self.pool.take((old.shape[0], old.shape[1], new_cap, old.shape[3]), old.dtype)

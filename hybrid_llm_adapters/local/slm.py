@@ -31,7 +31,7 @@ class HFRowCache:
 
     def crop(self, length: int) -> None:
         if length < self.length:
-            self.cache.crop(length)
+            self.cache.crop(-(self.length - length))  # transformers takes the number of tokens to drop
             self.length = length
 
     def release(self) -> None:
@@ -192,7 +192,7 @@ class SLMState:
         return self.local.batcher.away(self._key)
 
     def close(self) -> None:
-        """Leave the batcher (the request ended or was cancelled); the cache is freed with the state."""
+        """Leave the batcher (the request ended or was cancelled) and hand the cache's buffers back for reuse."""
         if self._registered is not None:
             self._registered()  # runs unregister once
             self._registered = None
