@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from .errors import ConfigError
 
-RouterKind = Literal["reward", "entropy", "max_prob", "perturbation", "local", "cloud"]
+RouterKind = Literal["reward", "entropy", "max_prob", "perturbation", "local", "cloud", "cloud_per_token"]
 CloudMode = Literal["replace", "verify", "block_verify", "lookahead", "auto"]
 FallbackPolicy = Literal["raise", "local"]
 
@@ -49,15 +49,63 @@ def positive_tokens(value: int | None) -> int | None:
     return value
 
 
+PRICE_PRESETS_FILE = "price_presets.json"
+
+
 class PriceTable(BaseModel):
-    """Prices in USD per million tokens (and per call). Defaults are illustrative, not a real tariff."""
+    """What the cloud bills, in USD per million tokens (and per call), with the provider's prompt-cache rules.
+
+    ``kind="api"`` is a pay-per-token price sheet: every cloud call re-sends the prefix, so the engine's cost
+    guard and hand-off are on by default. ``kind="self_hosted"`` is one's own server, where a re-sent prefix hits
+    the prefix cache: they are off by default. The defaults are illustrative, not a real tariff; the shipped
+    presets (:meth:`preset`) are examples too: check them against your provider's current sheet.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    kind: Literal["api", "self_hosted"] = "api"
     input_per_mtok: float = Field(0.15, ge=0)
-    cached_input_per_mtok: float = Field(0.075, ge=0)
+    cached_input_per_mtok: float = Field(0.075, ge=0, description="input tokens the provider serves from its "
+                                         "prompt cache")
     output_per_mtok: float = Field(0.60, ge=0)
     per_call: float = Field(0.0, ge=0)
+    min_cached_prefix: int = Field(0, ge=0, description="prompts shorter than this are never cached (e.g. 1,024)")
+    cache_granularity: int = Field(1, ge=1, description="a cached prefix counts in whole steps of this many "
+                                   "tokens (e.g. 128)")
+    cached_from: Literal["server", "rules"] = Field(
+        "server", description="server: bill the cached tokens the server reports; rules: bill what these rules "
+        "say the provider would cache (the prefix this request already sent), e.g. to price a priced API's bill "
+        "from runs on a self-hosted server")
+
+    @property
+    def bills_tokens(self) -> bool:
+        return self.kind == "api" and (self.input_per_mtok > 0 or self.output_per_mtok > 0 or self.per_call > 0)
+
+    def cached_by_rules(self, prompt_tokens: int, shared_prefix: int) -> int:
+        """Tokens of a ``prompt_tokens`` prompt the provider would serve from cache when its first
+        ``shared_prefix`` tokens were sent before (within this request)."""
+        if prompt_tokens < self.min_cached_prefix or shared_prefix < self.min_cached_prefix:
+            return 0
+        return min(shared_prefix, prompt_tokens) // self.cache_granularity * self.cache_granularity
+
+    @classmethod
+    def presets(cls) -> dict[str, PriceTable]:
+        """The example price sheets shipped with the package (data, not code: ``price_presets.json``)."""
+        import json
+        from importlib.resources import files
+
+        data = json.loads(files("hybrid_llm_adapters.assets").joinpath(PRICE_PRESETS_FILE).read_text())
+        return {name: cls(**{k: v for k, v in entry.items() if k != "note"})
+                for name, entry in data["presets"].items()}
+
+    @classmethod
+    def preset(cls, name: str) -> PriceTable:
+        """One shipped example sheet by name (an example: check it against your provider's current prices)."""
+        found = cls.presets()
+        if name not in found:
+            raise ConfigError(f"no price preset {name!r}; the shipped examples are {sorted(found)}. Or pass your "
+                              "own PriceTable(input_per_mtok=..., cached_input_per_mtok=..., output_per_mtok=...).")
+        return found[name]
 
 
 class GenerationConfig(BaseModel):
@@ -79,6 +127,16 @@ class GenerationConfig(BaseModel):
     draft_tokens: int = Field(4, ge=1, le=64, description="block_verify: first block size (then adaptive)")
     max_draft_tokens: int = Field(16, ge=1, le=64)
     max_lookahead: int = Field(8, ge=1, le=64, description="lookahead: most cloud tokens per call")
+    max_cost_ratio: float | Literal["auto"] | None = Field(
+        "auto", description="cost guard: a cloud call that would take the request above this multiple of its "
+        "cloud-only cost is not made; the cloud finishes the answer instead (hand-off) when that stays within "
+        "the ratio, else the SLM does. auto: 1.0 when the prices are a pay-per-token API, off when self-hosted; "
+        "None: off")
+    handoff: Literal["auto", "on", "off"] = Field(
+        "auto", description="when the router flags densely (handoff_flags of the last handoff_window steps) the "
+        "cloud finishes the answer in one streamed call; auto: on for a pay-per-token API, off when self-hosted")
+    handoff_flags: int = Field(4, ge=1, description="flags that trigger a hand-off (see handoff_window)")
+    handoff_window: int = Field(8, ge=1, description="steps looked back for handoff_flags")
 
     @property
     def greedy(self) -> bool:
@@ -101,6 +159,25 @@ class GenerationConfig(BaseModel):
                 "raise max_draft_tokens or lower draft_tokens."
             )
         return self
+
+    @model_validator(mode="after")
+    def _handoff_window(self) -> GenerationConfig:
+        if self.handoff_flags > self.handoff_window:
+            raise ConfigError(f"handoff_flags={self.handoff_flags} exceeds handoff_window={self.handoff_window}; "
+                              "a hand-off needs that many flags within the window: lower handoff_flags.")
+        if isinstance(self.max_cost_ratio, float | int) and self.max_cost_ratio <= 0:
+            raise ConfigError(f"max_cost_ratio={self.max_cost_ratio} must be > 0 (1.0: never above cloud-only); "
+                              "pass None to turn the cost guard off.")
+        return self
+
+    def cost_ratio(self, prices: PriceTable) -> float | None:
+        """The guard's ratio for these prices (None: off)."""
+        if self.max_cost_ratio == "auto":
+            return 1.0 if prices.bills_tokens else None
+        return self.max_cost_ratio
+
+    def handoff_on(self, prices: PriceTable) -> bool:
+        return self.handoff == "on" or (self.handoff == "auto" and prices.bills_tokens)
 
     @field_validator("max_new_tokens")
     @classmethod
@@ -181,7 +258,8 @@ class RouterConfig(BaseModel):
     reward: keep the SLM token when its reward score >= threshold.
     entropy: send to cloud when the SLM's entropy (nats) > threshold.
     max_prob: send to cloud when the SLM's top probability < threshold.
-    local / cloud: always one side.
+    local: always the SLM. cloud: the cloud answers in one streamed request (cloud-only through the engine);
+    cloud_per_token: the cloud supplies every token in its own call (for measuring the per-token path).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -218,10 +296,10 @@ class RouterConfig(BaseModel):
             raise ConfigError(f"max_prob threshold={self.threshold} must lie in [0, 1]; it is a probability.")
         if self.kind == "entropy" and (self.threshold or 0.0) < 0:
             raise ConfigError(f"entropy threshold={self.threshold} must be >= 0 (nats).")
-        if self.kind in ("local", "cloud") and (self.target_activation or self.max_cost_usd):
+        if self.kind in ("local", "cloud", "cloud_per_token") and (self.target_activation or self.max_cost_usd):
             raise ConfigError(
                 f"target_activation / max_cost_usd need a scoring router, not '{self.kind}'; use e.g. 'entropy'."
             )
-        if self.kind in ("local", "cloud") and self.threshold is not None:
+        if self.kind in ("local", "cloud", "cloud_per_token") and self.threshold is not None:
             warnings.warn(f"threshold={self.threshold} is ignored by the '{self.kind}' router.", stacklevel=2)
         return self

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace as NS
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from hybrid_llm_adapters.cloud.client import (
     BlockScore,
     CallUsage,
     CloudReply,
+    CloudStream,
     CloudToken,
     EndpointCapabilities,
 )
@@ -75,6 +77,23 @@ class TransformersCloud:
         text = "".join(t.text for t in tokens)
         usage = CallUsage(prompt_tokens=len(self._ids(prompt)), completion_tokens=len(tokens))
         return CloudReply(tokens, usage, 0.0, finish, text)
+
+    def stream_tokens(self, prompt: list[int] | str, gen: GenerationConfig, n: int,
+                      seed: int | None = None, prompt_tokens: int | None = None) -> CloudStream:
+        """The same tokens as ``next_tokens`` would give, streamed one per chunk through the real CloudStream
+        (token ids as vLLM's ``token_id:N`` strings when the tokenizer is shared)."""
+        reply = self.next_tokens(prompt, gen, n, seed)
+
+        def chunks() -> Any:
+            for i, t in enumerate(reply.tokens):
+                key = f"token_id:{t.token_id}" if t.token_id is not None else t.text
+                last = reply.finish_reason if i == len(reply.tokens) - 1 else None
+                lp = NS(tokens=[key], token_logprobs=[-0.1], top_logprobs=[{key: -0.1}])
+                yield NS(usage=None, choices=[NS(text=t.text, logprobs=lp, finish_reason=last)])
+            yield NS(usage=NS(prompt_tokens=reply.usage.prompt_tokens, completion_tokens=len(reply.tokens),
+                              prompt_tokens_details=None), choices=[])
+
+        return CloudStream(chunks(), reply.usage.prompt_tokens, time.perf_counter(), lambda: None)
 
     def score_block(self, prefix: list[int], drafts: list[int], gen: GenerationConfig, seed: int | None = None,
                     logprobs: int | None = None) -> BlockScore:

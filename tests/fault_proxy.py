@@ -131,7 +131,8 @@ class FaultProxy:
             def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None,
                       cut: bool = False) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                sse = body.startswith(b"data:")  # a streamed completion, forwarded whole
+                self.send_header("Content-Type", "text/event-stream" if sse else "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
@@ -175,7 +176,7 @@ class FaultProxy:
                     self.close_connection = True
                     return
                 status, data = self._upstream(body)
-                if fault == "no_logprobs" and status == 200:
+                if fault == "no_logprobs" and status == 200 and not data.startswith(b"data:"):
                     reply = json.loads(data)
                     for choice in reply.get("choices", []):
                         choice["logprobs"] = None
@@ -228,10 +229,19 @@ class FaultProxy:
                 else sum(map(ord, str(prompt)))
             token_id, text = self.stub_tokens[digest % len(self.stub_tokens)]
         key = f"token_id:{token_id}"
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}
+        if params.get("stream"):  # server-sent events, one token per chunk, then the usage, as vLLM streams
+            head = {"id": "cmpl-stub", "object": "text_completion", "created": 0, "model": params["model"]}
+            one = {"tokens": [key], "token_logprobs": [-0.1], "top_logprobs": [{key: -0.1}], "text_offset": [0]}
+            events = [dict(head, choices=[{"index": 0, "text": text, "logprobs": one,
+                                           "finish_reason": "length" if i == n - 1 else None}])
+                      for i in range(n)]
+            events.append(dict(head, choices=[], usage=usage))
+            return 200, b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
         lp = {"tokens": [key] * n, "token_logprobs": [-0.1] * n, "top_logprobs": [{key: -0.1}] * n,
               "text_offset": list(range(n))}
         return 200, json.dumps({
             "id": "cmpl-stub", "object": "text_completion", "created": 0, "model": params.get("model", "stub"),
             "choices": [{"index": 0, "text": text * n, "logprobs": lp, "finish_reason": "length"}],
-            "usage": {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n},
+            "usage": usage,
         }).encode()

@@ -13,8 +13,13 @@ from test_engine_mechanics import greedy_reference, prompt
 
 from hybrid_llm_adapters import GenerationConfig, HybridEngine
 from hybrid_llm_adapters.cloud.verify import cloud_distribution, verify_draft
+from hybrid_llm_adapters.config import PriceTable
 from hybrid_llm_adapters.local.slm import load_local_model
-from hybrid_llm_adapters.routing import AlwaysCloudRouter, EntropyRouter
+from hybrid_llm_adapters.routing import EntropyRouter
+from hybrid_llm_adapters.routing.routers import CloudPerTokenRouter
+
+# the per-token machinery under test: a self-hosted price table keeps the cost guard and hand-off off
+SELF_HOSTED = PriceTable(kind="self_hosted")
 
 
 @pytest.fixture()
@@ -44,7 +49,7 @@ def check_all() -> EntropyRouter:
 @pytest.mark.parametrize("mode", ["verify", "block_verify"])
 def test_verify_modes_are_lossless_greedy(slm, cloud_model, mode: str) -> None:
     cloud = TransformersCloud(cloud_model)
-    engine = HybridEngine(slm, check_all(), cloud)  # type: ignore[arg-type]
+    engine = HybridEngine(slm, check_all(), cloud, SELF_HOSTED)  # type: ignore[arg-type]
     ids = prompt(engine)
     result = engine.generate(ids, GenerationConfig(max_new_tokens=30, cloud_mode=mode))
     assert result.token_ids == greedy_reference(cloud_model, ids, 30)
@@ -55,7 +60,7 @@ def test_verify_modes_are_lossless_greedy(slm, cloud_model, mode: str) -> None:
 def test_block_verify_cuts_round_trips_when_drafts_agree(slm) -> None:
     """SLM == cloud: every draft is accepted, so one call settles several tokens."""
     cloud = TransformersCloud(slm)
-    engine = HybridEngine(slm, check_all(), cloud)  # type: ignore[arg-type]
+    engine = HybridEngine(slm, check_all(), cloud, SELF_HOSTED)  # type: ignore[arg-type]
     ids = prompt(engine)
     result = engine.generate(ids, GenerationConfig(max_new_tokens=40, cloud_mode="block_verify"))
     led = result.ledger
@@ -67,7 +72,7 @@ def test_block_verify_cuts_round_trips_when_drafts_agree(slm) -> None:
 
 def test_lookahead_takes_several_cloud_tokens_per_call(slm, cloud_model) -> None:
     cloud = TransformersCloud(cloud_model)
-    engine = HybridEngine(slm, AlwaysCloudRouter(), cloud)  # type: ignore[arg-type]
+    engine = HybridEngine(slm, CloudPerTokenRouter(), cloud, SELF_HOSTED)  # type: ignore[arg-type]
     ids = prompt(engine)
     result = engine.generate(ids, GenerationConfig(max_new_tokens=30, cloud_mode="lookahead", max_lookahead=8))
     assert result.token_ids == greedy_reference(cloud_model, ids, 30)
@@ -79,13 +84,13 @@ def test_text_handover_forces_replace_mode(tmp_path: Path, slm) -> None:
     from tiny_models import build_tiny_model
 
     other = load_local_model(build_tiny_model(tmp_path / "o", seed=4, vocab_size=330))
-    engine = HybridEngine(slm, check_all(), TransformersCloud(other, shared_tokenizer=False))  # type: ignore[arg-type]
+    engine = HybridEngine(slm, check_all(), TransformersCloud(other, shared_tokenizer=False), SELF_HOSTED)  # type: ignore[arg-type]
     result = engine.generate(prompt(engine), GenerationConfig(max_new_tokens=5, cloud_mode="block_verify"))
     assert result.ledger.cloud_mode == "replace"
 
 
 def test_block_verify_falls_back_to_verify_without_echo(slm, cloud_model) -> None:
-    engine = HybridEngine(slm, check_all(), TransformersCloud(cloud_model, echo=False))  # type: ignore[arg-type]
+    engine = HybridEngine(slm, check_all(), TransformersCloud(cloud_model, echo=False), SELF_HOSTED)  # type: ignore[arg-type]
     result = engine.generate(prompt(engine), GenerationConfig(max_new_tokens=5, cloud_mode="block_verify"))
     assert result.ledger.cloud_mode == "verify"
 

@@ -15,6 +15,10 @@ from hybrid_llm_adapters.errors import ConfigError
 from hybrid_llm_adapters.local.reward import LinearRewardHead, RewardManifest, tokenizer_fingerprint
 from hybrid_llm_adapters.local.slm import load_local_model
 from hybrid_llm_adapters.routing import AlwaysCloudRouter, AlwaysLocalRouter, RewardRouter, Router
+from hybrid_llm_adapters.routing.routers import CloudPerTokenRouter
+
+# the per-token machinery under test: a self-hosted price table keeps the cost guard and hand-off off
+SELF_HOSTED = PriceTable(kind="self_hosted")
 
 
 class EveryOtherRouter(Router):
@@ -63,20 +67,32 @@ def test_always_local_greedy_matches_generate(slm) -> None:
     assert result.ledger.cloud_calls == 0
 
 
-def test_always_cloud_matches_cloud_generate(slm, cloud_model) -> None:
+def test_always_cloud_is_one_streamed_request(slm, cloud_model) -> None:
     cloud = TransformersCloud(cloud_model)
     engine = HybridEngine(slm, AlwaysCloudRouter(), cloud)  # type: ignore[arg-type]
     ids = prompt(engine)
     result = engine.generate(ids, GenerationConfig(max_new_tokens=30))
     assert result.token_ids == greedy_reference(cloud_model, ids, 30)
     assert all(e.source == "cloud" for e in result.events)
+    assert result.ledger.cloud_calls == len(cloud.calls) == 1
+    assert result.ledger.billed_prompt_tokens == len(ids)  # the prompt once, not once per token
+    assert result.ledger.cloud_mode == "cloud_only" and result.ledger.handed_off_tokens == 30
+    assert result.ledger.cost_usd == pytest.approx(result.ledger.cloud_only_cost_usd)
+
+
+def test_cloud_per_token_router_asks_for_every_token(slm, cloud_model) -> None:
+    cloud = TransformersCloud(cloud_model)
+    engine = HybridEngine(slm, CloudPerTokenRouter(), cloud, SELF_HOSTED)  # type: ignore[arg-type]
+    ids = prompt(engine)
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=30))
+    assert result.token_ids == greedy_reference(cloud_model, ids, 30)
     assert result.ledger.cloud_calls == len(cloud.calls) >= len(result.token_ids)
 
 
 def test_mixed_handover_keeps_kv_cache_consistent(slm, cloud_model) -> None:
     """Every local token must be the SLM's greedy choice given the real prefix (cloud tokens included)."""
     cloud = TransformersCloud(cloud_model)
-    engine = HybridEngine(slm, EveryOtherRouter(), cloud)  # type: ignore[arg-type]
+    engine = HybridEngine(slm, EveryOtherRouter(), cloud, SELF_HOSTED)  # type: ignore[arg-type]
     ids = prompt(engine)
     result = engine.generate(ids, GenerationConfig(max_new_tokens=30))
     full = ids + result.token_ids
@@ -100,7 +116,7 @@ def test_reward_router_rolls_back_one_token(slm, cloud_model) -> None:
     torch.manual_seed(0)
     head = LinearRewardHead(torch.randn(slm.hidden_size), torch.tensor(0.0), manifest)
     router = RewardRouter(head, threshold=0.0)
-    engine = HybridEngine(slm, router, cloud)  # type: ignore[arg-type]
+    engine = HybridEngine(slm, router, cloud, SELF_HOSTED)  # type: ignore[arg-type]
     ids = prompt(engine)
     result = engine.generate(ids, GenerationConfig(max_new_tokens=30))
     scored = [e for e in result.events if e.score is not None]
@@ -123,7 +139,7 @@ def test_text_handover_between_different_tokenizers(tmp_path: Path, slm) -> None
 
     other = load_local_model(build_tiny_model(tmp_path / "other", seed=3, vocab_size=330))
     cloud = TransformersCloud(other, shared_tokenizer=False)
-    engine = HybridEngine(slm, AlwaysCloudRouter(), cloud)  # type: ignore[arg-type]
+    engine = HybridEngine(slm, AlwaysCloudRouter(), cloud, SELF_HOSTED)  # type: ignore[arg-type]
     ids = prompt(engine)
     result = engine.generate(ids, GenerationConfig(max_new_tokens=12))
     assert all(isinstance(c, str) for c in cloud.calls)
@@ -200,7 +216,7 @@ def test_empty_prompt_is_rejected(slm) -> None:
 def test_ledger_cost_counts_each_call(slm, cloud_model) -> None:
     prices = PriceTable(input_per_mtok=1.0, cached_input_per_mtok=0.5, output_per_mtok=2.0, per_call=0.0)
     cloud = TransformersCloud(cloud_model)
-    engine = HybridEngine(slm, AlwaysCloudRouter(), cloud, prices)  # type: ignore[arg-type]
+    engine = HybridEngine(slm, CloudPerTokenRouter(), cloud, prices)  # type: ignore[arg-type]
     ids = prompt(engine)
     led = engine.generate(ids, GenerationConfig(max_new_tokens=10)).ledger
     expected_prompt = sum(len(c) for c in cloud.calls)

@@ -11,11 +11,12 @@ import pytest
 from fault_proxy import FAULT_MODES, FaultProxy
 from test_cloud_faults import CloudAfter
 
-from hybrid_llm_adapters import CloudConfig, CloudError, GenerationConfig, HybridEngine
+from hybrid_llm_adapters import CloudConfig, CloudError, GenerationConfig, HybridEngine, PriceTable
 from hybrid_llm_adapters.cloud.breaker import CircuitBreaker
 from hybrid_llm_adapters.cloud.client import CloudClient
 from hybrid_llm_adapters.errors import CloudUnavailableError
 from hybrid_llm_adapters.local.slm import load_local_model
+from hybrid_llm_adapters.routing import AlwaysCloudRouter
 
 # the fast settings every fault test uses: a hang costs 2 x 0.5 s, a 429 asks for 0.2 s
 FAST = {"max_retries": 1, "timeout": 0.5, "max_retry_s": 5.0, "send_token_ids": True}
@@ -32,7 +33,9 @@ def proxy_for(tiny_model_dir: Path, **kw: object) -> FaultProxy:
 
 def make_engine(tiny_model_dir: Path, proxy: FaultProxy, local_steps: int = 3, **cloud: object) -> HybridEngine:
     config = CloudConfig(base_url=proxy.base_url, model="stub", **{**FAST, **cloud})  # type: ignore[arg-type]
-    return HybridEngine(load_local_model(tiny_model_dir), CloudAfter(local_steps), CloudClient(config))
+    # self-hosted prices: the per-call fault handling under test, without the cost guard's hand-off
+    return HybridEngine(load_local_model(tiny_model_dir), CloudAfter(local_steps), CloudClient(config),
+                        PriceTable(kind="self_hosted"))
 
 
 def prompt(engine: HybridEngine) -> list[int]:
@@ -210,13 +213,56 @@ def test_client_errors_do_not_open_the_breaker(tiny_model_dir: Path) -> None:
         assert engine.cloud is not None and engine.cloud.breaker.state == "closed"
 
 
+# ------------------------------------------------------------------------ a hand-off's streamed call
+
+
+def handoff_engine(tiny_model_dir: Path, proxy: FaultProxy, **cloud: object) -> HybridEngine:
+    """Always-cloud: the whole answer is one streamed completion (the hand-off path)."""
+    config = CloudConfig(base_url=proxy.base_url, model="stub", **{**FAST, **cloud})  # type: ignore[arg-type]
+    return HybridEngine(load_local_model(tiny_model_dir), AlwaysCloudRouter(), CloudClient(config))
+
+
+def test_a_stream_cut_mid_answer_keeps_what_arrived(tiny_model_dir: Path) -> None:
+    """The server dies after half the streamed body: the tokens that arrived are kept and released; with
+    on_failure='raise' they are in the error's partial text, with 'local' the SLM finishes the answer."""
+    with proxy_for(tiny_model_dir) as proxy:
+        engine = handoff_engine(tiny_model_dir, proxy, on_failure="raise")
+        proxy.set("kill", count=1)
+        events = []
+        with pytest.raises(CloudError, match="stream broke") as info:
+            for event in engine.stream(prompt(engine), GenerationConfig(max_new_tokens=12)):
+                events.append(event)  # noqa: PERF402 - what was streamed before the raise is the point
+        assert 0 < len(events) < 12 and {e.source for e in events} == {"cloud"}
+        assert info.value.partial_token_ids == [e.token_id for e in events]
+        assert info.value.partial_text == "".join(e.text for e in events)
+        assert info.value.ledger.failed_cloud_calls == 1 and info.value.ledger.cloud_tokens == len(events)
+
+        proxy.set("pass")
+        engine = handoff_engine(tiny_model_dir, proxy, on_failure="local")
+        proxy.set("kill", count=1)
+        result = engine.generate(prompt(engine), GenerationConfig(max_new_tokens=12))
+        sources = [e.source for e in result.events]
+        n_cloud = sources.count("cloud")
+        assert 0 < n_cloud < 12 and sources == ["cloud"] * n_cloud + ["fallback"] * (len(sources) - n_cloud)
+        assert result.ledger.handed_off_tokens == n_cloud and result.ledger.failed_cloud_calls == 1
+
+
+def test_a_stream_that_fails_to_open_is_retried(tiny_model_dir: Path) -> None:
+    with proxy_for(tiny_model_dir) as proxy:
+        engine = handoff_engine(tiny_model_dir, proxy, on_failure="raise", max_retries=2)
+        proxy.set("503", count=2)
+        result = engine.generate(prompt(engine), GenerationConfig(max_new_tokens=6))
+        assert [e.source for e in result.events] == ["cloud"] * 6 and proxy.injected["503"] == 2
+        assert result.ledger.cloud_calls == 1 and result.ledger.billed_completion_tokens == 6
+
+
 # ------------------------------------------------------------------------------ framework streams
 
 
 def lc_model(tiny_model_dir: Path, proxy: FaultProxy, policy: str):  # type: ignore[no-untyped-def]
     from langchain_hybrid_llm import HybridChatModel
 
-    return HybridChatModel(model=str(tiny_model_dir), base_url=proxy.base_url, cloud_model="stub", router="cloud",
+    return HybridChatModel(model=str(tiny_model_dir), base_url=proxy.base_url, cloud_model="stub", router="cloud_per_token",
                            on_cloud_failure=policy, max_tokens=8, max_retries=0, timeout=0.5,
                            cloud_options={"send_token_ids": True})
 
@@ -224,7 +270,7 @@ def lc_model(tiny_model_dir: Path, proxy: FaultProxy, policy: str):  # type: ign
 def li_model(tiny_model_dir: Path, proxy: FaultProxy, policy: str):  # type: ignore[no-untyped-def]
     from llama_index.llms.hybrid import HybridChatModel
 
-    return HybridChatModel(model=str(tiny_model_dir), base_url=proxy.base_url, cloud_model="stub", router="cloud",
+    return HybridChatModel(model=str(tiny_model_dir), base_url=proxy.base_url, cloud_model="stub", router="cloud_per_token",
                            on_cloud_failure=policy, max_tokens=8, max_retries=0, timeout=0.5)
 
 

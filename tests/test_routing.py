@@ -21,6 +21,9 @@ from hybrid_llm_adapters.routing import (
 )
 from hybrid_llm_adapters.routing.uhlm import perturbation_uncertainty
 
+# the per-token machinery under test: a self-hosted price table keeps the cost guard and hand-off off
+SELF_HOSTED = PriceTable(kind="self_hosted")
+
 
 def test_perturbation_uncertainty_orders_confidence() -> None:
     confident = torch.tensor([8.0, 0.0, 0.0, 0.0])
@@ -58,7 +61,7 @@ def test_perturbation_router_routes_by_threshold(tiny_model_dir: Path) -> None:
     slm = load_local_model(tiny_model_dir)
     cloud = TransformersCloud(slm)  # the same model: routing changes no token, so both runs see the same text
     never = build_router(RouterConfig(kind="perturbation", threshold=1.0), slm.tokenizer, slm.hidden_size)
-    engine = HybridEngine(slm, never, cloud)  # type: ignore[arg-type]
+    engine = HybridEngine(slm, never, cloud, SELF_HOSTED)  # type: ignore[arg-type]
     ids = prompt(engine)
     first = engine.generate(ids, GenerationConfig(max_new_tokens=20))
     tokens = [e for e in first.events if not e.final_flush]  # the closing release event carries no new token
@@ -67,7 +70,7 @@ def test_perturbation_router_routes_by_threshold(tiny_model_dir: Path) -> None:
     threshold = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # between two observed scores
     router = build_router(RouterConfig(kind="perturbation", threshold=threshold), slm.tokenizer, slm.hidden_size)
     assert isinstance(router, PerturbationRouter)
-    result = HybridEngine(slm, router, cloud).generate(ids, GenerationConfig(max_new_tokens=20))  # type: ignore[arg-type]
+    result = HybridEngine(slm, router, cloud, SELF_HOSTED).generate(ids, GenerationConfig(max_new_tokens=20))  # type: ignore[arg-type]
     tokens = [e for e in result.events if not e.final_flush]
     assert len(tokens) == 20 and all(e.score is not None for e in tokens)
     for e in tokens:
@@ -79,13 +82,13 @@ def test_budget_controller_holds_target_activation(tiny_model_dir: Path, tiny_cl
     slm = load_local_model(tiny_model_dir)
     cloud = TransformersCloud(load_local_model(tiny_cloud_dir))
     # a random tiny model is uncertain everywhere: a static threshold sends (almost) everything to the cloud
-    static = HybridEngine(slm, EntropyRouter(0.5), cloud)  # type: ignore[arg-type]
+    static = HybridEngine(slm, EntropyRouter(0.5), cloud, SELF_HOSTED)  # type: ignore[arg-type]
     ids = prompt(static)
     assert static.generate(ids, GenerationConfig(max_new_tokens=60)).ledger.activation_ratio > 0.8
     router = build_router(RouterConfig(kind="entropy", threshold=0.5, target_activation=0.3), slm.tokenizer,
                           slm.hidden_size)
     assert isinstance(router, BudgetRouter)
-    result = HybridEngine(slm, router, cloud).generate(ids, GenerationConfig(max_new_tokens=60))  # type: ignore[arg-type]
+    result = HybridEngine(slm, router, cloud, SELF_HOSTED).generate(ids, GenerationConfig(max_new_tokens=60))  # type: ignore[arg-type]
     assert len(result.token_ids) == 60
     assert 0.2 <= result.ledger.activation_ratio <= 0.32
 

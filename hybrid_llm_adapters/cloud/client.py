@@ -5,6 +5,8 @@ Three request shapes, all on ``/v1/completions``:
 - next tokens: ``max_tokens=m`` (1 for the reward paper's rule, m for lookahead) with ``logprobs``;
 - block scoring: ``echo=True`` + ``logprobs`` + ``max_tokens=1`` on prefix + k drafted tokens, which returns
   the cloud's distribution at every drafted position and one bonus token in a single round trip;
+- a streamed completion (``max_tokens`` = what is left of the answer) for a hand-off: the cloud finishes the
+  answer in one call; a fault mid-stream keeps the tokens that arrived;
 - the capability probe, run once per endpoint (token-id prompts, token ids in responses, echo alignment,
   the largest ``logprobs``, whether the endpoint tokenizes like the SLM).
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +145,62 @@ class EndpointCapabilities:
         return "replace"
 
 
+class CloudStream:
+    """A streamed completion: its tokens as they arrive, then what it billed.
+
+    Iterating yields one ``CloudReply`` per chunk (its tokens and text). A fault mid-stream ends the iteration early with the tokens that arrived
+    kept and ``error`` set; ``close()`` (a stop sequence or the caller's limit) aborts it. ``usage`` is the
+    server's report when the stream ended normally, else an estimate: the prompt plus the tokens received
+    (``usage_reported`` says which).
+    """
+
+    def __init__(self, chunks: Any, prompt_tokens: int, start: float, on_fault: Any):
+        self._chunks = chunks
+        self._start = start
+        self._on_fault = on_fault
+        self.received = 0
+        self.usage = CallUsage(prompt_tokens, 0, 0)
+        self.usage_reported = False
+        self.finish_reason: str | None = None
+        self.error: CloudError | None = None
+        self.latency_s = 0.0
+
+    def __iter__(self) -> Iterator[CloudReply]:
+        try:
+            for chunk in self._chunks:
+                if getattr(chunk, "usage", None) is not None:
+                    self.usage = CloudClient._usage(chunk)
+                    self.usage_reported = True
+                for choice in chunk.choices or []:
+                    tokens = CloudClient._tokens(choice.logprobs, 0) if choice.logprobs is not None else []
+                    if not tokens and choice.text:
+                        tokens = [CloudToken(choice.text, None, None)]
+                    if choice.finish_reason:
+                        self.finish_reason = choice.finish_reason
+                    if tokens:
+                        self.received += len(tokens)
+                        yield CloudReply(tokens, text=choice.text or "")
+            if self.finish_reason is None:
+                raise MalformedResponseError("the stream ended without a finish reason")
+        except (openai.APIError, httpx.HTTPError, ValueError, MalformedResponseError) as e:
+            self.error = CloudError(f"the cloud's stream broke after {self.received} token(s): "
+                                    f"{type(e).__name__}: {e}")
+            self._on_fault()
+        finally:
+            self.latency_s = time.perf_counter() - self._start
+            if not self.usage_reported:
+                self.usage = CallUsage(self.usage.prompt_tokens, self.received, 0)
+
+    def close(self) -> None:
+        """Stop reading (the server aborts the request); ``usage`` becomes the estimate."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        if not self.usage_reported:
+            self.usage = CallUsage(self.usage.prompt_tokens, self.received, 0)
+        self.latency_s = self.latency_s or time.perf_counter() - self._start
+
+
 _PROBES: dict[tuple[str, str], EndpointCapabilities] = {}
 _PROBES_LOCK = threading.Lock()
 
@@ -256,6 +315,19 @@ class CloudClient:
         if tokens:
             tokens[-1].finish_reason = choice.finish_reason
         return CloudReply(tokens, self._usage(response), latency, choice.finish_reason, choice.text or "")
+
+    def stream_tokens(self, prompt: list[int] | str, gen: GenerationConfig, n: int,
+                      seed: int | None = None, prompt_tokens: int | None = None) -> CloudStream:
+        """Up to ``n`` tokens after ``prompt`` in one streamed call (a hand-off). Opening the stream is retried
+        like any call; a fault after the first token is not (the tokens received are kept, see CloudStream)."""
+        params = self._params(prompt, gen, n, seed, 1)
+        params["stream"] = True
+        params["stream_options"] = {"include_usage": True}
+        start = time.perf_counter()
+        chunks = self._create(params)
+        if prompt_tokens is None:
+            prompt_tokens = len(prompt) if isinstance(prompt, list) else 0
+        return CloudStream(chunks, prompt_tokens, start, self.breaker.record_failure)
 
     def score_block(self, prefix: list[int], drafts: list[int], gen: GenerationConfig,
                     seed: int | None = None, logprobs: int | None = None) -> BlockScore:
@@ -375,12 +447,13 @@ class CloudClient:
                 try:
                     response = self._client.completions.create(
                         **params, extra_body={"return_tokens_as_token_ids": True})
-                    return self._checked(response, require_logprobs)
+                    return response if params.get("stream") else self._checked(response, require_logprobs)
                 except openai.BadRequestError as e:
                     if "return_tokens_as_token_ids" not in str(e):
                         raise
                     self.capabilities.token_ids_in_response = False
-            return self._checked(self._client.completions.create(**params), require_logprobs)
+            response = self._client.completions.create(**params)
+            return response if params.get("stream") else self._checked(response, require_logprobs)
         except ValueError as e:  # the SDK's json.loads on a body that is not JSON
             raise MalformedResponseError(f"the reply is not valid JSON ({e})") from e
 

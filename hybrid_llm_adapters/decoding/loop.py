@@ -1,5 +1,6 @@
 """One request's decode: the SLM proposes, the router decides, a cloud mode (``modes.py``) replaces or
-verifies.
+verifies; on a pay-per-token API the cost guard and the hand-off (``handoff.py``) keep the request from paying
+more than cloud-only.
 
 ``RequestDecoder`` holds the request's state (SLM row, ledger, released text) and runs the loop. It is given
 what it needs (``DecodeContext``: the local model, the cloud client, the prices), never the engine. Emission
@@ -26,7 +27,8 @@ from ..local.slm import LocalModel
 from ..local.threads import serial_torch
 from ..routing import Router, RouterStep
 from .booking import book_call, book_token
-from .modes import Replace, build_mode
+from .handoff import CostGuard, Handoff, shared_prefix
+from .modes import BlockVerify, Replace, build_mode
 from .release import TextRelease
 from .types import Produced, Proposal
 
@@ -44,12 +46,14 @@ def pick_mode(requested: str, cloud: CloudClient | None, use_ids: bool, router: 
     """The mode a request really uses (the ledger records it); the endpoint is probed once, on first need."""
     if cloud is None:
         return "none"
+    if not router.needs_slm and router.one_request:
+        return "cloud_only"
     if requested == "replace" or not use_ids:
         return "replace"  # verification needs one token space: text hand-over is one token per call
     if requested == "lookahead":
         return requested
     if not router.needs_slm:
-        return "replace"  # always-cloud: the SLM drafts nothing to verify
+        return "cloud_only" if router.one_request else "replace"  # the SLM drafts nothing to verify
     caps = cloud.probe(tokenizer)
     if requested == "auto":
         return caps.best_mode()
@@ -81,6 +85,11 @@ class RequestDecoder:
         self.cloud_down = False
         self.finish: FinishReason = "length"
         self.last_was_cloud = False
+        self.limit = min(gen.max_new_tokens, ctx.local.context_length - self.n_prompt)
+        self.produced_total = 0
+        self.sent: list[int] = []  # the prompt of this request's last cloud call (what a prompt cache holds)
+        self.guard = CostGuard(self)
+        self.handoff = Handoff(self)
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -88,13 +97,13 @@ class RequestDecoder:
         try:
             yield from self._run(out)
         finally:
+            self.handoff.close()  # a stop sequence or a cancel ends a hand-off's stream
             self.state.close()  # finished, failed or cancelled: the row leaves the batch
 
     def _run(self, out: Any) -> Iterator[TokenEvent]:
-        produced_total = 0
         # the answer also ends where the SLM's context does (the engine refused prompts that fill it)
-        limit = min(self.gen.max_new_tokens, self.ctx.local.context_length - self.n_prompt)
-        while produced_total < limit and self.finish != "stop":
+        limit = self.limit
+        while self.produced_total < limit and self.finish != "stop":
             t0 = time.perf_counter()
             cloud_before = self.ledger.cloud_seconds
             with serial_torch():  # only the SLM batcher's thread runs torch on several threads
@@ -102,16 +111,17 @@ class RequestDecoder:
             step_s = time.perf_counter() - t0
             self.ledger.local_seconds += step_s - (self.ledger.cloud_seconds - cloud_before)
             for item in produced:
-                if produced_total >= limit:
-                    self._drop_from(produced_total)
+                if self.produced_total >= limit:
+                    self._drop_from(self.produced_total)
                     break
-                event = self._emit(item, produced_total, step_s / max(len(produced), 1))
+                event = self._emit(item, self.produced_total, step_s / max(len(produced), 1))
                 if event is None:  # EOS or a stop sequence ended the answer
                     break
-                produced_total += 1
+                self.produced_total += 1
                 yield event
                 if self.finish == "stop":
                     break
+        self.handoff.close()  # book a stream the answer's end cut short
         tail = self.release.flush()
         if tail:
             last = self.events[-1]
@@ -130,17 +140,43 @@ class RequestDecoder:
         )
 
     def _step(self) -> list[Produced]:
-        if not self.router.needs_slm and not self.cloud_down:
-            produced = self._cloud_only()
-        else:
+        produced = self.handoff.next() if self.handoff.active else None
+        if produced is not None:
+            pass
+        elif self.mode == "cloud_only" and not self.cloud_down and not self.handoff.done:
+            produced = self.handoff.start(len(self.state.ids), reason="router")
+        elif not self.router.needs_slm and not self.cloud_down:
+            produced = self._cloud_per_token()
+        if produced is None:
             proposal = self._propose()
-            produced = None
             if proposal.want_cloud and not self.cloud_down:
-                produced = self.strategy.handle(proposal)
+                produced = self._ask_cloud(proposal)
+            else:
+                self.handoff.record(False)
             if produced is None:
                 produced = self._keep_local(proposal)
         self.last_was_cloud = any(p.source == "cloud" for p in produced)
         return produced
+
+    def _ask_cloud(self, p: Proposal) -> list[Produced] | None:
+        """A flagged position: the mode's call, or a hand-off when flags come densely or the guard refuses
+        the call; None keeps the SLM's candidate."""
+        prefix_len = len(self.state.ids) - p.fed
+        dense = self.handoff.record(True)
+        drafts = self.strategy.k if isinstance(self.strategy, BlockVerify) else 0
+        affordable = self.guard.allows(prefix_len + drafts, prefix_len)
+        self.ledger.cost_guard_trips += not affordable
+        if dense or not affordable:
+            if p.fed:
+                self.state.truncate(prefix_len)  # the hand-off continues from before the candidate
+            produced = self.handoff.start(prefix_len, reason="dense flags" if dense else "cost guard")
+            if produced is not None:
+                return produced
+            if p.fed:
+                self.state.append(p.candidate)
+            if not affordable:
+                return None
+        return self.strategy.handle(p)
 
     def _propose(self) -> Proposal:
         logits, _ = self.state.forward()
@@ -164,8 +200,9 @@ class RequestDecoder:
         source: TokenSource = "fallback" if p.want_cloud and self.cloud_down else "local"
         return [Produced(p.candidate, source, p.score, p.candidate)]
 
-    def _cloud_only(self) -> list[Produced]:
-        """Always-cloud routing: the cloud supplies every token; the SLM drafts nothing."""
+    def _cloud_per_token(self) -> list[Produced]:
+        """Per-token always-cloud routing: the cloud supplies every token in its own call (measurement only;
+        router 'cloud' asks for the whole answer in one request)."""
         m = self.strategy.size() if isinstance(self.strategy, Replace) else 1
         reply = self.call(lambda prefix: self.cloud.next_tokens(prefix, self.gen, m, self.seed()), len(self.state.ids))
         if reply is None:
@@ -180,26 +217,36 @@ class RequestDecoder:
     def seed(self) -> int | None:
         return self.gen.seed + len(self.state.ids) if self.gen.seed is not None else None
 
-    def call(self, request: Any, prefix_len: int) -> Any:
-        """Run one cloud request on the prefix; book it; None when the cloud failed and we continue locally."""
+    def call(self, request: Any, prefix_len: int, drafts: list[int] | None = None) -> Any:
+        """Run one cloud request on the prefix (``drafts``: what the request appends to it); book it; None
+        when the cloud failed and we continue locally."""
         prefix = self.state.ids[:prefix_len]
         prompt: list[int] | str = prefix if self.use_ids else self.tokenizer.decode(prefix, skip_special_tokens=False)
         try:
             with self.state.away():  # other requests' SLM steps go ahead while this one waits on the cloud
                 reply = request(prompt)
         except CloudError as e:
-            self.ledger.failed_cloud_calls += 1
-            if self.cloud is None or self.cloud.config.on_failure == "raise":
-                # the same error (its type says whether the breaker skipped the call), now carrying the text
-                # released so far and the tokens behind it: nothing generated is lost
-                e.partial_text = self.release.text
-                e.partial_token_ids = self.state.ids[self.n_prompt:prefix_len]
-                e.ledger = self.ledger.model_copy()  # what the request used up to the fault, failed call included
-                raise
-            self.cloud_down = True  # no more round trips in this request that would each time out
+            self.cloud_failed(e, prefix_len)
             return None
-        book_call(self.ledger, reply, self.ctx.prices)
+        self.book(reply, prefix + (drafts or []))
         return reply
+
+    def book(self, reply: Any, sent: list[int]) -> None:
+        """Book an answered call whose prompt was ``sent`` (the prefix a prompt cache may already hold)."""
+        book_call(self.ledger, reply, self.ctx.prices, shared_prefix(sent, self.sent))
+        self.sent = sent
+
+    def cloud_failed(self, e: CloudError, kept_len: int) -> None:
+        """A failed call: raise with everything generated so far (on_failure='raise'), or go on locally."""
+        self.ledger.failed_cloud_calls += 1
+        if self.cloud is None or self.cloud.config.on_failure == "raise":
+            # the same error (its type says whether the breaker skipped the call), now carrying the text
+            # released so far and the tokens behind it: nothing generated is lost
+            e.partial_text = self.release.text
+            e.partial_token_ids = self.state.ids[self.n_prompt:kept_len]
+            e.ledger = self.ledger.model_copy()  # what the request used up to the fault, failed call included
+            raise e
+        self.cloud_down = True  # no more round trips in this request that would each time out
 
     def reply_ids(self, reply: CloudReply) -> list[int]:
         """SLM token ids for the cloud's reply; [eos] when the cloud ended the answer.
@@ -236,6 +283,7 @@ class RequestDecoder:
             self.finish = "stop"
             return None
         book_token(self.ledger, item.source)
+        self.ledger.handed_off_tokens += item.handed_off
         piece, stopped = self.release.update(self.state.ids[self.n_prompt: self.n_prompt + index + 1])
         if stopped:
             self.finish = "stop"

@@ -109,7 +109,7 @@ class BlockVerify(CloudMode):
             drafts.append(nxt)
             d.state.append(nxt)
         k = d.cloud.capabilities.max_logprobs or d.cloud.config.logprobs
-        block = d.call(lambda prefix: d.cloud.score_block(prefix, drafts, d.gen, d.seed(), k), prefix_len)
+        block = d.call(lambda prefix: d.cloud.score_block(prefix, drafts, d.gen, d.seed(), k), prefix_len, drafts)
         if block is None:
             d.state.truncate(prefix_len + 1)  # keep the candidate (fed), drop the unchecked drafts
             return [Produced(p.candidate, "fallback", p.score, p.candidate)]

@@ -15,6 +15,7 @@ class Produced:
     source: TokenSource
     score: float | None = None
     candidate: int | None = None
+    handed_off: bool = False  # streamed by a hand-off
 
 
 @dataclass

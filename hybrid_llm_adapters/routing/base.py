@@ -34,6 +34,7 @@ class Router:
     """
 
     needs_slm: bool = True
+    one_request: bool = False  # always-cloud as one streamed completion, not a call per token
     needs_hidden: bool = False
     name: str = "router"
     threshold: float | None = None

@@ -23,11 +23,22 @@ class AlwaysLocalRouter(Router):
 
 
 class AlwaysCloudRouter(Router):
+    """The cloud answers alone, in one streamed request: what a cloud-only deployment pays."""
+
     name = "cloud"
     needs_slm = False
+    one_request = True
 
     def use_cloud(self, score: float | None, step: RouterStep) -> bool:
         return True
+
+
+class CloudPerTokenRouter(AlwaysCloudRouter):
+    """The cloud supplies every token in its own call (the reward paper's rule at 100 % activation); for
+    measuring the per-token path, not for use: it re-sends the prefix for every token."""
+
+    name = "cloud_per_token"
+    one_request = False
 
 
 class EntropyRouter(Router):
@@ -124,6 +135,8 @@ def _base_router(config: RouterConfig, tokenizer: object, hidden_size: int) -> R
         return AlwaysLocalRouter()
     if config.kind == "cloud":
         return AlwaysCloudRouter()
+    if config.kind == "cloud_per_token":
+        return CloudPerTokenRouter()
     assert config.threshold is not None
     if config.kind == "entropy":
         return EntropyRouter(config.threshold)

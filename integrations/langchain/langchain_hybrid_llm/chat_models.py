@@ -220,7 +220,7 @@ class HybridChatModel(BaseChatModel):
             warnings.simplefilter("ignore")  # "threshold ignored by local router" is no news here
             router = RouterConfig(
                 kind=self.router,
-                threshold=self.threshold if self.router not in ("local", "cloud") else None,
+                threshold=self.threshold if self.router not in ("local", "cloud", "cloud_per_token") else None,
                 reward_head=self.reward_head,
                 **self.router_options,
             )

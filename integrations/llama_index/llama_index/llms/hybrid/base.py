@@ -169,7 +169,7 @@ class HybridChatModel(FunctionCallingLLM):
             cloud["model"] = self.cloud_model
         if self.api_key is not None:
             cloud["api_key"] = self.api_key
-        threshold = self.threshold if self.router not in ("local", "cloud") else None  # as the LangChain model
+        threshold = self.threshold if self.router not in ("local", "cloud", "cloud_per_token") else None  # as the LangChain model
         return EngineConfig(
             slm=self.model,
             router=RouterConfig(kind=self.router, threshold=threshold, reward_head=self.reward_head),
