@@ -42,12 +42,24 @@ def _engine_config(args: argparse.Namespace) -> Any:
         cloud_kwargs["base_url"] = args.cloud_url
     if args.cloud_model:
         cloud_kwargs["model"] = args.cloud_model
-    return EngineConfig(slm=args.slm, router=router, cloud=CloudConfig(**cloud_kwargs), prices=PriceTable())
+    prices = PriceTable.preset(args.prices) if args.prices else PriceTable()
+    return EngineConfig(slm=args.slm, router=router, cloud=CloudConfig(**cloud_kwargs), prices=prices)
 
 
 def _generation_config(args: argparse.Namespace) -> GenerationConfig:
     return GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            seed=args.seed, stop=args.stop or [], cloud_mode=args.cloud_mode)
+                            seed=args.seed, stop=args.stop or [], cloud_mode=args.cloud_mode,
+                            max_cost_ratio=_cost_ratio(args.max_cost_ratio), handoff=args.handoff)
+
+
+def _cost_ratio(value: str) -> float | str | None:
+    if value in ("auto", "none", "off"):
+        return None if value != "auto" else "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise SystemExit(f"--max-cost-ratio {value!r} is not a number, 'auto' or 'off'; e.g. --max-cost-ratio 1.0") \
+            from None
 
 
 def _chat_once(engine: Any, messages: list[dict[str, Any]], gen: GenerationConfig, show_scores: bool) -> str:
@@ -156,6 +168,13 @@ def _add_chat_args(p: argparse.ArgumentParser, default_prompt: str | None = None
     p.add_argument("--cloud-mode", default="replace", choices=list(get_args(CloudMode)),
                    help="how the cloud is asked: replace, verify, block_verify, lookahead, auto (probe)")
     p.add_argument("--reward-head", default=None, help="reward head .safetensors or reward-model folder")
+    p.add_argument("--prices", default=None, help="a shipped example price sheet: "
+                   "example-api (default), example-api-min1024, example-cached-10pct, example-cached-10pct-min1024, "
+                   "self-hosted")
+    p.add_argument("--max-cost-ratio", default="auto", help="cost guard: a number (1.0: never above cloud-only), "
+                   "auto (1.0 on a priced sheet) or off")
+    p.add_argument("--handoff", default="auto", choices=["auto", "on", "off"],
+                   help="the cloud finishes the answer when the router flags densely")
     p.add_argument("--cloud-url", default=None, help="OpenAI-compatible base URL (default: local vLLM)")
     p.add_argument("--cloud-model", default=None)
     p.add_argument("--start-cloud", action="store_true", help="start the local vLLM cloud first")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine, RouterConfig
+from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine, PriceTable, RouterConfig
 from hybrid_llm_adapters.cloud.client import CloudClient
 from hybrid_llm_adapters.errors import CloudError
 from hybrid_llm_adapters.local.slm import load_local_model
@@ -34,6 +34,9 @@ MAX_TOKENS = 32
 # tokens at the cached price) depend on what else was running
 RUN_DEPENDENT_FIELDS = {"local_seconds", "cloud_seconds", "cached_prompt_tokens", "cost_usd", "savings_usd"}
 
+# the per-token machinery under test: self-hosted prices keep the cost guard and hand-off off
+SELF_HOSTED = PriceTable(kind="self_hosted")
+
 
 @pytest.fixture(scope="module")
 def slm(real_slm_dir: Path):
@@ -43,7 +46,7 @@ def slm(real_slm_dir: Path):
 def make_engine(slm: Any, base_url: str, model: str, **cloud: Any) -> HybridEngine:
     client = CloudClient(CloudConfig(base_url=base_url, model=model, timeout=120, **cloud))
     router = build_router(RouterConfig(kind="entropy"), slm.tokenizer, slm.hidden_size, None, model)
-    return HybridEngine(slm, router, client)
+    return HybridEngine(slm, router, client, SELF_HOSTED)
 
 
 def outcome(engine: HybridEngine, text: str, mode: str) -> dict[str, Any]:

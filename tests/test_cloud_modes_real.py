@@ -14,12 +14,15 @@ from real_helpers import (
     vllm_top2_gap,
 )
 
-from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine
+from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine, PriceTable
 from hybrid_llm_adapters.cloud.client import CloudClient
 from hybrid_llm_adapters.local.slm import load_local_model
 from hybrid_llm_adapters.routing import EntropyRouter
 
 pytestmark = [pytest.mark.real, pytest.mark.cloud]
+
+# the per-token machinery under test: self-hosted prices keep the cost guard and hand-off off
+SELF_HOSTED = PriceTable(kind="self_hosted")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def setup(real_slm_dir: Path, cloud_base_url: str, cloud_model_name: str, gsm8k_
 @pytest.mark.parametrize("mode", ["verify", "block_verify", "lookahead"])
 def test_verify_modes_reproduce_cloud_greedy(setup, mode: str) -> None:
     slm, cloud, question = setup
-    engine = HybridEngine(slm, EntropyRouter(-1.0), cloud)  # every token checked by the cloud
+    engine = HybridEngine(slm, EntropyRouter(-1.0), cloud, SELF_HOSTED)  # every token checked by the cloud
     ids = engine.render([{"role": "user", "content": question}])
     result = engine.generate(ids, GenerationConfig(max_new_tokens=40, cloud_mode=mode))
     led = result.ledger
@@ -62,7 +65,7 @@ def test_auto_mode_picks_block_verify_on_vllm(setup) -> None:
     slm, cloud, question = setup
     caps = cloud.probe(slm.tokenizer)
     assert caps.shared_tokenizer and caps.echo_logprobs and caps.max_logprobs == 20
-    engine = HybridEngine(slm, EntropyRouter(1.0), cloud)
+    engine = HybridEngine(slm, EntropyRouter(1.0), cloud, SELF_HOSTED)
     ids = engine.render([{"role": "user", "content": question}])
     result = engine.generate(ids, GenerationConfig(max_new_tokens=8, cloud_mode="auto"))
     assert result.ledger.cloud_mode == "block_verify"

@@ -21,15 +21,19 @@ from real_helpers import (
     vllm_top2_gap,
 )
 
-from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine, RouterConfig
+from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine, PriceTable, RouterConfig
 from hybrid_llm_adapters.cloud.client import CloudClient
 from hybrid_llm_adapters.local.reward import LinearRewardHead, RewardManifest, tokenizer_fingerprint
 from hybrid_llm_adapters.local.slm import load_local_model
 from hybrid_llm_adapters.routing import AlwaysCloudRouter, AlwaysLocalRouter, EntropyRouter, build_router
+from hybrid_llm_adapters.routing.routers import CloudPerTokenRouter
 
 pytestmark = [pytest.mark.real, pytest.mark.cloud]
 
 CODE_PROMPT = "Write a Python function is_prime(n) and explain it in one sentence."
+
+# the per-token machinery under test: self-hosted prices keep the cost guard and hand-off off
+SELF_HOSTED = PriceTable(kind="self_hosted")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +78,7 @@ def test_always_local_reproduces_slm_generate(slm, gsm8k_question: str) -> None:
 
 
 def test_always_cloud_reproduces_vllm_greedy(slm, cloud: CloudClient, gsm8k_question: str) -> None:
-    engine = HybridEngine(slm, AlwaysCloudRouter(), cloud)
+    engine = HybridEngine(slm, AlwaysCloudRouter(), cloud, SELF_HOSTED)
     client = vllm_client(cloud.config.base_url)
     for text in (CODE_PROMPT, gsm8k_question):
         ids = chat_ids(engine, text)
@@ -91,7 +95,7 @@ def test_always_cloud_reproduces_vllm_greedy(slm, cloud: CloudClient, gsm8k_ques
 
 
 def test_mixed_run_ledger_adds_up(slm, cloud: CloudClient, gsm8k_question: str) -> None:
-    engine = HybridEngine(slm, EntropyRouter(0.6), cloud)
+    engine = HybridEngine(slm, EntropyRouter(0.6), cloud, SELF_HOSTED)
     ids = chat_ids(engine, gsm8k_question)
     before = vllm_metrics(cloud.config.base_url)
     result = engine.generate(ids, GenerationConfig(max_new_tokens=64))
@@ -160,7 +164,7 @@ def test_reward_router_with_fitted_head(slm, cloud: CloudClient, tmp_path: Path)
     head = fit_agreement_head(slm, cloud, ids, tmp_path)
     router = build_router(RouterConfig(kind="reward", threshold=0.0, reward_head=str(head)), slm.tokenizer,
                           slm.hidden_size)
-    engine = HybridEngine(slm, router, cloud)
+    engine = HybridEngine(slm, router, cloud, SELF_HOSTED)
     result = engine.generate(ids, GenerationConfig(max_new_tokens=48))
     scored = [e for e in result.events if e.score is not None]
     assert len(scored) == len(result.token_ids)
@@ -184,7 +188,7 @@ def test_text_handover_with_a_different_tokenizer(cloud_base_url: str, cloud_mod
     tiny = load_local_model(resolve_model(TINY_MODEL, progress=False))
     client = CloudClient(CloudConfig(base_url=cloud_base_url, model=cloud_model_name, timeout=120))
     assert not client.shares_tokenizer(tiny.tokenizer)
-    engine = HybridEngine(tiny, AlwaysCloudRouter(), client)
+    engine = HybridEngine(tiny, CloudPerTokenRouter(), client, SELF_HOSTED)  # text hand-over, token by token
     prompt_text = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
     result = engine.generate(prompt_text, GenerationConfig(max_new_tokens=24))
     ref = vllm_client(cloud_base_url).completions.create(model=cloud_model_name, prompt=prompt_text,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from real_helpers import vllm_metrics
 
-from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine
+from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine, PriceTable
 from hybrid_llm_adapters.cloud.client import CloudClient
 from hybrid_llm_adapters.local.slm import load_local_model
 from hybrid_llm_adapters.routing import EntropyRouter
@@ -24,6 +24,9 @@ COUNTERS = {  # server counter -> the ledger field that must equal its increase
     "vllm:generation_tokens_total": "billed_completion_tokens",
     "vllm:prompt_tokens_cached_total": "cached_prompt_tokens",
 }
+
+# the per-token machinery under test: self-hosted prices keep the cost guard and hand-off off
+SELF_HOSTED = PriceTable(kind="self_hosted")
 
 
 def settled_delta(base_url: str, before: dict[str, float], calls: int) -> dict[str, float]:
@@ -43,7 +46,7 @@ def test_ledger_matches_the_server_counters(real_slm_dir: Path, cloud_base_url: 
                                             mode: str) -> None:
     slm = load_local_model(real_slm_dir)
     cloud = CloudClient(CloudConfig(base_url=cloud_base_url, model=cloud_model_name, timeout=120))
-    engine = HybridEngine(slm, EntropyRouter(0.6), cloud)
+    engine = HybridEngine(slm, EntropyRouter(0.6), cloud, SELF_HOSTED)
     ids = engine.render([{"role": "user", "content": QUESTION}])
     cloud.probe(slm.tokenizer)  # the capability probe's own calls are not the request's
     before = vllm_metrics(cloud_base_url)

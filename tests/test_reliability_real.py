@@ -16,7 +16,7 @@ from hybrid_llm_adapters import CloudConfig, CloudError, ConfigError, Generation
 from hybrid_llm_adapters.cloud.client import CloudClient
 from hybrid_llm_adapters.errors import CloudUnavailableError
 from hybrid_llm_adapters.local.slm import load_local_model
-from hybrid_llm_adapters.routing import AlwaysCloudRouter
+from hybrid_llm_adapters.routing.routers import CloudPerTokenRouter
 
 pytestmark = [pytest.mark.real, pytest.mark.cloud]
 
@@ -39,7 +39,7 @@ def healthy(proxy: FaultProxy) -> Any:
 def engine_for(real_slm_dir: Path, url: str, model: str, **cloud: Any) -> HybridEngine:
     settings = {"timeout": 30.0, "max_retries": 1, "breaker_failures": 0, "on_failure": "local", **cloud}
     client = CloudClient(CloudConfig(base_url=url, model=model, **settings))
-    return HybridEngine(load_local_model(real_slm_dir), AlwaysCloudRouter(), client)
+    return HybridEngine(load_local_model(real_slm_dir), CloudPerTokenRouter(), client)  # a call per token
 
 
 @pytest.mark.parametrize("mode", FAULT_MODES)
@@ -105,14 +105,14 @@ def lc(real_slm_dir: Path, url: str, model: str, **kw: Any) -> Any:
     from langchain_hybrid_llm import HybridChatModel
 
     return HybridChatModel(model=str(real_slm_dir), base_url=url, cloud_model=model,
-                           **{"router": "cloud", "max_tokens": 6, "max_retries": 0, "timeout": 30, **kw})
+                           **{"router": "cloud_per_token", "max_tokens": 6, "max_retries": 0, "timeout": 30, **kw})
 
 
 def li(real_slm_dir: Path, url: str, model: str, **kw: Any) -> Any:
     from llama_index.llms.hybrid import HybridChatModel
 
     return HybridChatModel(model=str(real_slm_dir), base_url=url, cloud_model=model,
-                           **{"router": "cloud", "max_tokens": 6, "max_retries": 0, "timeout": 30, **kw})
+                           **{"router": "cloud_per_token", "max_tokens": 6, "max_retries": 0, "timeout": 30, **kw})
 
 
 def test_langchain_stream_under_a_killed_server(proxy: FaultProxy, real_slm_dir: Path, cloud_model_name: str) -> None:

@@ -24,7 +24,7 @@ import torch
 from real_helpers import vllm_client
 from scipy import stats
 
-from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine
+from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine, PriceTable
 from hybrid_llm_adapters.cloud.client import CloudClient
 from hybrid_llm_adapters.cloud.verify import cloud_distribution, verify_draft
 from hybrid_llm_adapters.local.sampling import warp
@@ -40,6 +40,9 @@ CLOUD_N = 1_000  # the cloud's own samples
 ALPHA = 1e-3
 SHIFT = 0.05
 GEN = GenerationConfig(max_new_tokens=1, temperature=1.0, cloud_mode="verify")
+
+# the per-token machinery under test: self-hosted prices keep the cost guard and hand-off off
+SELF_HOSTED = PriceTable(kind="self_hosted")
 
 
 def histogram(sample: list[int], keys: list[int]) -> list[int]:
@@ -73,7 +76,7 @@ def power(expected: list[float], alternative: list[float], n: int) -> float:
 def setting(real_slm_dir: Path, cloud_base_url: str, cloud_model_name: str):
     slm = load_local_model(real_slm_dir)
     cloud = CloudClient(CloudConfig(base_url=cloud_base_url, model=cloud_model_name, timeout=300))
-    engine = HybridEngine(slm, EntropyRouter(-1.0), cloud)  # every token is verified
+    engine = HybridEngine(slm, EntropyRouter(-1.0), cloud, SELF_HOSTED)  # every token is verified
     ids = engine.render([{"role": "user", "content": QUESTION}])
     client = vllm_client(cloud_base_url)
     top = client.completions.create(model=cloud_model_name, prompt=ids, max_tokens=1, temperature=0, logprobs=20,

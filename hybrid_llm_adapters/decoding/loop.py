@@ -87,6 +87,7 @@ class RequestDecoder:
         self.last_was_cloud = False
         self.limit = min(gen.max_new_tokens, ctx.local.context_length - self.n_prompt)
         self.produced_total = 0
+        self.ended_by_eos = False
         self.sent: list[int] = []  # the prompt of this request's last cloud call (what a prompt cache holds)
         self.guard = CostGuard(self)
         self.handoff = Handoff(self)
@@ -128,8 +129,9 @@ class RequestDecoder:
             event = TokenEvent(tail, last.token_id, last.source, None, 0.0, final_flush=True)
             self.events.append(event)
             yield event
+        # the cloud alone would have generated (and billed) the same tokens, and the end-of-answer token too
         self.ledger.cloud_only_cost_usd = cloud_only_cost(self.ctx.prices, self.n_prompt,
-                                                          self.ledger.generated_tokens)
+                                                          self.ledger.generated_tokens + self.ended_by_eos)
         out.result = GenerationResult(
             text=self.release.text,
             token_ids=self.state.ids[self.n_prompt:],
@@ -281,6 +283,7 @@ class RequestDecoder:
         if item.token_id in self.eos:
             self._drop_from(index)
             self.finish = "stop"
+            self.ended_by_eos = True
             return None
         book_token(self.ledger, item.source)
         self.ledger.handed_off_tokens += item.handed_off

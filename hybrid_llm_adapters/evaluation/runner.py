@@ -18,9 +18,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from ..accounting import UsageLedger, call_cost
-from ..config import CloudMode, GenerationConfig, RouterConfig
-from ..errors import CloudError, ConfigError
+from ..accounting import UsageLedger
+from ..config import CloudMode, GenerationConfig, PriceTable, RouterConfig
+from ..engine import HybridEngine
+from ..errors import ConfigError
 from .cost import Deployments, api_cost, remote_seconds, self_hosted_cost
 from .stats import wilson_interval
 from .tasks import Problem, get_task
@@ -38,6 +39,10 @@ class EvalConfig(BaseModel):
     router: RouterConfig = Field(default_factory=RouterConfig)
     cloud_mode: CloudMode = "replace"
     max_new_tokens: int | None = Field(None, ge=1, description="None: the task's default")
+    generation: dict[str, Any] = Field(default_factory=dict, description="further GenerationConfig settings, "
+                                       "e.g. {'max_cost_ratio': None, 'handoff': 'on'}")
+    prices: str | None = Field(None, description="a shipped PriceTable preset the requests are billed and "
+                               "guarded by (None: the engine's prices)")
     label: str | None = None
 
     def name(self) -> str:
@@ -107,13 +112,17 @@ class Evaluator:
     def __init__(self, engine: Any, config: EvalConfig):
         from ..routing import build_router
 
+        if config.prices is not None:  # the same SLM and cloud, billed by another sheet
+            engine = HybridEngine(engine.local, engine.router, engine.cloud, PriceTable.preset(config.prices))
         self.engine, self.config = engine, config
         self.task = get_task(config.task)
         self.gen = GenerationConfig(max_new_tokens=config.max_new_tokens or self.task.max_new_tokens,
-                                    cloud_mode=config.cloud_mode)
+                                    cloud_mode=config.cloud_mode, **config.generation)
         if config.system == "slm":
             self.router = build_router(RouterConfig(kind="local"), engine.tokenizer, engine.local.hidden_size)
-        elif config.system == "hybrid":
+        elif config.system == "cloud":  # one streamed request per problem, as a cloud-only deployment asks
+            self.router = build_router(RouterConfig(kind="cloud"), engine.tokenizer, engine.local.hidden_size)
+        else:
             self.router = build_router(config.router, engine.tokenizer, engine.local.hidden_size, engine.prices,
                                        engine.cloud.config.model if engine.cloud else None)
         if config.system != "slm" and engine.cloud is None:
@@ -122,36 +131,14 @@ class Evaluator:
     def answer(self, problem: Problem) -> dict[str, Any]:
         ids = self.engine.render(problem.messages)
         start = time.perf_counter()
-        if self.config.system == "cloud":
-            text, n_tokens, finish, ledger = self._cloud_only(ids)
-        else:
-            result = self.engine.generate(ids, self.gen, router=self.router)
-            text, n_tokens, finish, ledger = result.text, len(result.token_ids), result.finish_reason, result.ledger
+        result = self.engine.generate(ids, self.gen, router=self.router)
+        text, n_tokens, finish, ledger = result.text, len(result.token_ids), result.finish_reason, result.ledger
         wall = time.perf_counter() - start
         score = self.task.score(problem, text)
         return {"id": problem.id, "correct": score.correct, "extracted": score.extracted, "detail": score.detail,
                 "reference": problem.reference, "completion": text, "finish_reason": finish, "tokens": n_tokens,
                 "wall_s": wall, "ledger": ledger.model_dump(exclude={"generated_tokens", "activation_ratio",
                                                                       "savings_usd", "calls_per_checked_token"})}
-
-    def _cloud_only(self, ids: list[int]) -> tuple[str, int, str, UsageLedger]:
-        """The whole answer in one request, as a cloud-only deployment would ask for it."""
-        client, prices = self.engine.cloud, self.engine.prices
-        try:
-            reply = client.next_tokens(ids, self.gen, self.gen.max_new_tokens, logprobs=1)
-        except CloudError as e:
-            raise CloudError(f"cloud-only answer failed: {e}") from e
-        usage = reply.usage
-        n = usage.completion_tokens or len(reply.tokens)
-        billed = usage.prompt_tokens or len(ids)
-        cost = call_cost(prices, billed, n, usage.cached_tokens)  # this run is the cloud-only cost
-        ledger = UsageLedger(requests=1, prompt_tokens=len(ids), cloud_tokens=n, cloud_calls=1,
-                             billed_prompt_tokens=billed, billed_completion_tokens=n,
-                             cached_prompt_tokens=usage.cached_tokens, cloud_seconds=reply.latency_s,
-                             cloud_mode="cloud_only", cost_usd=cost, cloud_only_cost_usd=cost)
-        text = reply.text or "".join(t.text for t in reply.tokens)
-        finish = "length" if reply.finish_reason == "length" else "stop"
-        return text, n, finish, ledger
 
 
 def run_eval(engine: Any, config: EvalConfig, problems: list[Problem], out: Path | None = None,

@@ -24,3 +24,13 @@ def ratio_interval(a: int, n_a: int, b: int, n_b: int, z: float = 1.96) -> tuple
     r = (a / n_a) / (b / n_b)
     se = math.sqrt(max(1 / a - 1 / n_a + 1 / b - 1 / n_b, 0.0))
     return (r * math.exp(-z * se), r * math.exp(z * se))
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value for paired outcomes: ``only_a`` problems right under A only, ``only_b``
+    under B only (the binomial test on the discordant pairs)."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)

@@ -61,7 +61,7 @@ DEFAULT_SLM = "qwen2.5-coder-0.5b-instruct"
 
 NAME_OPEN = '{"name": "'  # where a tool call's name starts (tagged or bare)
 # per-call keyword arguments that map onto GenerationConfig
-_GEN_KWARGS = {"temperature", "max_tokens", "top_p", "seed", "cloud_mode"}
+_GEN_KWARGS = {"temperature", "max_tokens", "top_p", "seed", "cloud_mode", "max_cost_ratio", "handoff"}
 # keyword arguments LangChain tooling may pass that have no meaning here
 _IGNORED_KWARGS = {"stream", "stream_options", "n", "logprobs", "user"}
 
@@ -126,6 +126,12 @@ class HybridChatModel(BaseChatModel):
         default=None, description="how the cloud helps (replace, verify, block_verify, lookahead, auto); "
         "None: the core's default"
     )
+    max_cost_ratio: float | Literal["auto"] | None = Field(
+        default="auto", description="cost guard: never above this multiple of the cloud-only cost (auto: 1.0 on a "
+        "pay-per-token price table, off self-hosted; None: off)")
+    handoff: Literal["auto", "on", "off"] = Field(
+        default="auto", description="the cloud finishes the answer in one streamed call when the router flags "
+        "densely (auto: on for a pay-per-token price table)")
     generation_options: dict[str, Any] = Field(
         default_factory=dict, description="further GenerationConfig fields, e.g. {'draft_tokens': 8}"
     )
@@ -135,8 +141,9 @@ class HybridChatModel(BaseChatModel):
     cloud_options: dict[str, Any] = Field(
         default_factory=dict, description="further CloudConfig fields, e.g. {'logprobs': 10}"
     )
-    prices: PriceTable | None = Field(default=None, description="USD price table for the ledger (None: the "
-                                      "core's illustrative default)")
+    prices: PriceTable | None = Field(default=None, description="USD price table and cache rules for the "
+                                      "ledger and the cost guard (None: the core's illustrative default; "
+                                      "PriceTable.preset(...) for the shipped examples)")
     dtype: str = "bfloat16"
 
     _engine: HybridEngine | None = PrivateAttr(default=None)
@@ -393,6 +400,9 @@ class _Request:
         options = dict(model.generation_options)
         if (mode := gen_kwargs.get("cloud_mode", model.cloud_mode)) is not None:
             options["cloud_mode"] = mode
+        for name in ("max_cost_ratio", "handoff"):  # a call argument, else generation_options, else the field
+            if name in gen_kwargs or name not in options:
+                options[name] = gen_kwargs.get(name, getattr(model, name))
         self.gen = GenerationConfig(
             **options,
             max_new_tokens=max_tokens if max_tokens is not None else 256,

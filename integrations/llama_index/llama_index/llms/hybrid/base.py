@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import llama_index.core.instrumentation as instrument
 from llama_index.core.base.llms.types import (
@@ -55,6 +55,7 @@ from hybrid_llm_adapters import (
 )
 from hybrid_llm_adapters.chat_api import ChatOutput, PreparedChat, finish_chat, prepare_chat
 from hybrid_llm_adapters.config import (
+    CloudMode,
     FallbackPolicy,
     RouterKind,
     finite_threshold,
@@ -78,7 +79,7 @@ logger = logging.getLogger(__name__)
 dispatcher = instrument.get_dispatcher(__name__)
 
 DEFAULT_SLM = "qwen2.5-coder-0.5b-instruct"
-_GEN_KEYS = ("max_tokens", "temperature", "top_p", "seed", "stop")
+_GEN_KEYS = ("max_tokens", "temperature", "top_p", "seed", "stop", "cloud_mode", "max_cost_ratio", "handoff")
 _TOOL_KEYS = ("tools", "tool_choice", "tool_required")
 
 
@@ -117,13 +118,22 @@ class HybridChatModel(FunctionCallingLLM):
     cloud_model: str | None = Field(None, description="the cloud model's name; None = $HYBRID_LLM_CLOUD_MODEL "
                                     "or qwen2.5-coder-1.5b-instruct")
     api_key: SecretStr | None = Field(None, exclude=True, repr=False, description="cloud API key (secret)")
-    router: RouterKind = Field("entropy", description="reward | entropy | max_prob | local | cloud")
+    router: RouterKind = Field("entropy", description="reward | entropy | max_prob | perturbation | local | cloud")
     threshold: float | None = Field(None, description="router threshold; None = the router's default")
     reward_head: str | None = Field(None, description="reward head file or separate reward-model folder")
     timeout: float = Field(30.0, gt=0, description="seconds per cloud HTTP request")
     max_retries: int = Field(2, ge=0, description="retries of transient cloud errors")
     on_cloud_failure: FallbackPolicy = Field("raise", description="after retries: 'raise' or continue 'local'")
-    prices: PriceTable = Field(default_factory=PriceTable, description="USD per million tokens, per call")
+    prices: PriceTable = Field(default_factory=PriceTable, description="USD per million tokens, per call, and "
+                               "the provider's cache rules (PriceTable.preset(...) for the shipped examples)")
+    cloud_mode: CloudMode | None = Field(None, description="how the cloud helps (replace, verify, block_verify, "
+                                         "lookahead, auto); None: the core's default")
+    max_cost_ratio: float | Literal["auto"] | None = Field(
+        "auto", description="cost guard: never above this multiple of the cloud-only cost (auto: 1.0 on a "
+        "pay-per-token price table, off self-hosted; None: off)")
+    handoff: Literal["auto", "on", "off"] = Field(
+        "auto", description="the cloud finishes the answer in one streamed call when the router flags densely "
+        "(auto: on for a pay-per-token price table)")
     dtype: str = Field("bfloat16", description="SLM dtype")
     # -- decoding defaults (per call: the same names; ``max_new_tokens`` is accepted for ``max_tokens``) ---
     max_tokens: int = Field(256, description="maximum new tokens per answer (>= 1)")
@@ -215,6 +225,8 @@ class HybridChatModel(FunctionCallingLLM):
         if ignored:
             logger.debug("HybridChatModel ignores call arguments %s", sorted(ignored))
         values["max_new_tokens"] = values.pop("max_tokens")
+        if values["cloud_mode"] is None:
+            del values["cloud_mode"]  # the core's default
         return GenerationConfig(**values)
 
     # -- one request, shared by every path ----------------------------------------------------------
