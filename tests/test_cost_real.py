@@ -119,3 +119,15 @@ def test_a_handoff_ledger_matches_the_server_counters(slm, cloud: CloudClient, c
         assert led.cache_basis == "server"
         return
     pytest.fail("no request made per-token calls and then handed off")
+
+
+def test_echo_calls_never_hit_the_prefix_cache(slm, cloud: CloudClient) -> None:
+    """Why block_verify pays its whole prefix each call on vLLM: a request with prompt logprobs skips reading
+    the prefix cache (docs/cost.md), so the same echo call twice reports nothing cached, where a plain call on
+    the same prompt is served from the cache."""
+    ids = slm.tokenizer.encode("def fibonacci(n):\n    " * 8, add_special_tokens=False)
+    gen = GenerationConfig(max_new_tokens=1)
+    plain = [cloud.next_tokens(ids, gen, 1).usage for _ in range(2)]
+    echo = [cloud.score_block(ids[:-4], ids[-4:], gen, logprobs=5).usage for _ in range(2)]
+    assert plain[1].cached_tokens >= 16  # vLLM caches whole 16-token blocks
+    assert echo[0].cached_tokens == echo[1].cached_tokens == 0

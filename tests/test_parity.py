@@ -58,3 +58,32 @@ def test_langchain_and_llamaindex_agree(settings: dict[str, Any]) -> None:
     assert li_ledger["cloud_calls"] > 0, "parity should cover cloud tokens too"
     assert lc_msg.usage_metadata["input_tokens"] == li_resp.raw["usage"]["prompt_tokens"]
     assert lc_msg.usage_metadata["output_tokens"] == li_resp.raw["usage"]["completion_tokens"]
+
+
+def test_both_cost_trackers_report_a_handoff_alike(settings: dict[str, Any]) -> None:
+    """A priced sheet and a low threshold: the requests hand off; LangChain's callback handler and LlamaIndex's
+    usage handler report the same totals, handed-off tokens and guard trips included."""
+    from langchain_hybrid_llm import HybridChatModel as LangChainModel
+    from langchain_hybrid_llm.callbacks import HybridLedgerCallbackHandler
+    from llama_index.llms.hybrid import HybridChatModel as LlamaIndexModel
+    from llama_index.llms.hybrid import track_hybrid_usage
+
+    from hybrid_llm_adapters import PriceTable
+
+    priced = {**settings, "threshold": 0.3, "max_tokens": 40, "handoff": "on", "max_cost_ratio": 1.0,
+              "prices": PriceTable.preset("example-cached-10pct")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lc = LangChainModel(**priced)
+    li = LlamaIndexModel(**priced)
+    questions = ["Name two uses of a Python dict.", "How many minutes are in 3.5 hours? Explain."]
+    lc_handler = HybridLedgerCallbackHandler()
+    for q in questions:
+        lc.invoke(q, config={"callbacks": [lc_handler]})
+    with track_hybrid_usage() as li_handler:
+        for q in questions:
+            li.complete(q)
+    lc_total, li_total = lc_handler.total.model_dump(), li_handler.ledger.model_dump()
+    assert _untimed(lc_total) == _untimed(li_total)
+    assert li_total["handed_off_tokens"] > 0 and li_total["requests"] == 2
+    assert li_total["cost_usd"] <= li_total["cloud_only_cost_usd"] * (1 + 1e-9)
