@@ -13,7 +13,16 @@ from rich.table import Table
 from rich.text import Text
 
 from .accounting import UsageLedger
-from .config import CloudConfig, CloudMode, GenerationConfig, PriceTable, RouterConfig, RouterKind
+from .config import (
+    DEFAULT_CLOUD_MODEL,
+    DEFAULT_SLM,
+    CloudConfig,
+    CloudMode,
+    GenerationConfig,
+    PriceTable,
+    RouterConfig,
+    RouterKind,
+)
 from .errors import HybridLLMError
 
 # every TokenEvent source: device, device token the cloud verified, cloud token, device after a cloud fault
@@ -157,7 +166,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_chat_args(p: argparse.ArgumentParser, default_prompt: str | None = None) -> None:
     p.add_argument("prompt", nargs="?", default=default_prompt, help="one prompt; omit for interactive chat")
-    p.add_argument("--slm", default="qwen2.5-coder-0.5b-instruct", help="catalog name, folder or HF id")
+    p.add_argument("--slm", default=DEFAULT_SLM, help="catalog name, folder or HF id")
     p.add_argument("--router", default="entropy", choices=list(get_args(RouterKind)))
     p.add_argument("--threshold", type=float, default=None, help="router threshold (router-specific units)")
     p.add_argument("--target-activation", type=float, default=None,
@@ -214,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cloud = sub.add_parser("cloud", help="the local vLLM server standing in for the cloud")
     cloud.add_argument("action", choices=["start", "stop", "status"])
-    cloud.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
+    cloud.add_argument("--model", default=DEFAULT_CLOUD_MODEL)
     cloud.add_argument("--port", type=int, default=8765)
     cloud.add_argument("--max-model-len", type=int, default=4096)
     cloud.add_argument("--kv-cache-gib", type=int, default=4)

@@ -10,17 +10,36 @@ import difflib
 import math
 import os
 import warnings
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from .errors import ConfigError
 
 RouterKind = Literal["reward", "entropy", "max_prob", "perturbation", "local", "cloud", "cloud_per_token"]
+
+
+class RouterSpec(NamedTuple):
+    """What a router kind scores, in which units, and its default threshold (None: it does not score)."""
+
+    units: str
+    default_threshold: float | None
+
+
+ROUTERS: dict[str, RouterSpec] = {  # the one registry of router kinds
+    "reward": RouterSpec("reward score; keep the SLM token when >= threshold", 0.0),
+    "entropy": RouterSpec("nats of the SLM's entropy; cloud when > threshold", 1.0),
+    "max_prob": RouterSpec("the SLM's top probability; cloud when < threshold", 0.5),
+    "perturbation": RouterSpec("U-HLM disagreement rate in [0, 1]; cloud when > threshold", 0.2),
+    "local": RouterSpec("always the SLM", None),
+    "cloud": RouterSpec("always the cloud, one streamed request", None),
+    "cloud_per_token": RouterSpec("always the cloud, one call per token (measurement)", None),
+}
 CloudMode = Literal["replace", "verify", "block_verify", "lookahead", "auto"]
 FallbackPolicy = Literal["raise", "local"]
 
 DEFAULT_CLOUD_BASE_URL = "http://127.0.0.1:8765/v1"
+DEFAULT_SLM = "qwen2.5-coder-0.5b-instruct"  # the one default pair, named once (models.py installs it)
 DEFAULT_CLOUD_MODEL = "qwen2.5-coder-1.5b-instruct"
 
 
@@ -288,18 +307,19 @@ class RouterConfig(BaseModel):
             if self.threshold is not None and self.threshold != self.rejection_risk:
                 raise ConfigError("set either threshold or rejection_risk, not both: the risk derives the threshold.")
             self.threshold = self.rejection_risk  # U-HLM: P(reject | u) ~ u, see routing/uhlm.py
-        if self.kind in ("reward", "entropy", "max_prob", "perturbation") and self.threshold is None:
-            self.threshold = {"reward": 0.0, "entropy": 1.0, "max_prob": 0.5, "perturbation": 0.2}[self.kind]
+        scores = ROUTERS[self.kind].default_threshold is not None
+        if scores and self.threshold is None:
+            self.threshold = ROUTERS[self.kind].default_threshold
         if self.kind == "perturbation" and not 0.0 <= (self.threshold or 0.0) <= 1.0:
             raise ConfigError(f"perturbation threshold={self.threshold} must lie in [0, 1]; it is a disagreement rate.")
         if self.kind == "max_prob" and not 0.0 <= (self.threshold or 0.0) <= 1.0:
             raise ConfigError(f"max_prob threshold={self.threshold} must lie in [0, 1]; it is a probability.")
         if self.kind == "entropy" and (self.threshold or 0.0) < 0:
             raise ConfigError(f"entropy threshold={self.threshold} must be >= 0 (nats).")
-        if self.kind in ("local", "cloud", "cloud_per_token") and (self.target_activation or self.max_cost_usd):
+        if not scores and (self.target_activation or self.max_cost_usd):
             raise ConfigError(
                 f"target_activation / max_cost_usd need a scoring router, not '{self.kind}'; use e.g. 'entropy'."
             )
-        if self.kind in ("local", "cloud", "cloud_per_token") and self.threshold is not None:
+        if not scores and self.threshold is not None:
             warnings.warn(f"threshold={self.threshold} is ignored by the '{self.kind}' router.", stacklevel=2)
         return self

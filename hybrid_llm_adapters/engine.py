@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .chat import render_chat
 from .cloud.client import CloudClient
-from .config import CloudConfig, GenerationConfig, PriceTable, RouterConfig
+from .config import DEFAULT_SLM, CloudConfig, GenerationConfig, PriceTable, RouterConfig
 from .errors import ConfigError
 from .events import GenerationResult, TokenEvent
 from .local.slm import LocalModel, load_local_model
@@ -28,7 +28,7 @@ class EngineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    slm: str = Field("qwen2.5-coder-0.5b-instruct", description="catalog name, local folder or HF id")
+    slm: str = Field(DEFAULT_SLM, description="catalog name, local folder or HF id")
     router: RouterConfig = Field(default_factory=RouterConfig)
     cloud: CloudConfig = Field(default_factory=CloudConfig)
     prices: PriceTable = Field(default_factory=PriceTable)

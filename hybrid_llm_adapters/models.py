@@ -32,6 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hybrid_llm_adapters.errors import ModelIntegrityError, ModelNotFoundError
 
+from .config import DEFAULT_CLOUD_MODEL
+from .config import DEFAULT_SLM as _DEFAULT_SLM
+
 MARKER_NAME = "hybrid_llm_install.json"
 _CHUNK_READ = 8 << 20
 
@@ -123,8 +126,8 @@ CATALOG: dict[str, CatalogEntry] = {
     )
 }
 
-DEFAULT_SLM = "qwen2.5-coder-0.5b-instruct"
-DEFAULT_CLOUD = "qwen2.5-coder-1.5b-instruct"
+DEFAULT_SLM = _DEFAULT_SLM
+DEFAULT_CLOUD = DEFAULT_CLOUD_MODEL
 TINY_MODEL = "smollm2-135m-instruct"
 
 

@@ -10,7 +10,7 @@ from typing import Any, get_args
 from rich.console import Console
 from rich.table import Table
 
-from ..config import CloudConfig, CloudMode, RouterConfig, RouterKind
+from ..config import DEFAULT_SLM, CloudConfig, CloudMode, RouterConfig, RouterKind
 from .runner import EvalConfig, run_eval, summarize
 from .sweep import plot_sweep, run_interleaved, summarize_runs, sweep_configs, write_summary
 from .tasks import TASKS, get_task
@@ -93,7 +93,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward-head", default=None)
     p.add_argument("--cloud-mode", default="replace", choices=list(get_args(CloudMode)))
     p.add_argument("--max-tokens", type=int, default=None, help="new tokens per answer (default: the task's)")
-    p.add_argument("--slm", default="qwen2.5-coder-0.5b-instruct")
+    p.add_argument("--slm", default=DEFAULT_SLM)
     p.add_argument("--cloud-url", default=None)
     p.add_argument("--cloud-model", default=None)
     p.add_argument("--start-cloud", action="store_true", help="start the local vLLM cloud first")

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
 
+from ..config import DEFAULT_CLOUD_MODEL, DEFAULT_SLM
 from ..local.reward import LinearRewardHead, RewardManifest, tokenizer_fingerprint
 from .chunks import Chunk, make_chunks
 from .features import compute_features
@@ -275,8 +276,8 @@ def manifest_for(kind: str, slm_name: str, cloud_name: str, tokenizer: Any, **ex
                           tokenizer_sha256=tokenizer_fingerprint(tokenizer), **extra)
 
 
-def run_training(pairs: str | Path, out: str | Path, cfg: TrainConfig, slm: str = "qwen2.5-coder-0.5b-instruct",
-                 cloud_name: str = "qwen2.5-coder-1.5b-instruct", feature_cache: str | Path | None = None,
+def run_training(pairs: str | Path, out: str | Path, cfg: TrainConfig, slm: str = DEFAULT_SLM,
+                 cloud_name: str = DEFAULT_CLOUD_MODEL, feature_cache: str | Path | None = None,
                  init_head: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Everything ``hybrid-llm train-reward`` does: features (cached), chunks, training, saving."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

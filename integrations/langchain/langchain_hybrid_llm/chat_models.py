@@ -48,6 +48,8 @@ from hybrid_llm_adapters.chat_api import PreparedChat, finish_chat, prepare_chat
 from hybrid_llm_adapters.config import (
     DEFAULT_CLOUD_BASE_URL,
     DEFAULT_CLOUD_MODEL,
+    DEFAULT_SLM,
+    ROUTERS,
     CloudMode,
     RouterKind,
     finite_threshold,
@@ -56,8 +58,6 @@ from hybrid_llm_adapters.config import (
 )
 
 from ._convert import Delta, ToolCallStreamParser, normalize_tool_choice, to_chat_dicts
-
-DEFAULT_SLM = "qwen2.5-coder-0.5b-instruct"
 
 NAME_OPEN = '{"name": "'  # where a tool call's name starts (tagged or bare)
 # per-call keyword arguments that map onto GenerationConfig
@@ -227,7 +227,7 @@ class HybridChatModel(BaseChatModel):
             warnings.simplefilter("ignore")  # "threshold ignored by local router" is no news here
             router = RouterConfig(
                 kind=self.router,
-                threshold=self.threshold if self.router not in ("local", "cloud", "cloud_per_token") else None,
+                threshold=self.threshold if ROUTERS[self.router].default_threshold is not None else None,
                 reward_head=self.reward_head,
                 **self.router_options,
             )

@@ -55,6 +55,8 @@ from hybrid_llm_adapters import (
 )
 from hybrid_llm_adapters.chat_api import ChatOutput, PreparedChat, finish_chat, prepare_chat
 from hybrid_llm_adapters.config import (
+    DEFAULT_SLM,
+    ROUTERS,
     CloudMode,
     FallbackPolicy,
     RouterKind,
@@ -78,7 +80,6 @@ from .utils import (
 logger = logging.getLogger(__name__)
 dispatcher = instrument.get_dispatcher(__name__)
 
-DEFAULT_SLM = "qwen2.5-coder-0.5b-instruct"
 _GEN_KEYS = ("max_tokens", "temperature", "top_p", "seed", "stop", "cloud_mode", "max_cost_ratio", "handoff")
 _TOOL_KEYS = ("tools", "tool_choice", "tool_required")
 
@@ -179,7 +180,7 @@ class HybridChatModel(FunctionCallingLLM):
             cloud["model"] = self.cloud_model
         if self.api_key is not None:
             cloud["api_key"] = self.api_key
-        threshold = self.threshold if self.router not in ("local", "cloud", "cloud_per_token") else None  # as the LangChain model
+        threshold = self.threshold if ROUTERS[self.router].default_threshold is not None else None  # as the LangChain model
         return EngineConfig(
             slm=self.model,
             router=RouterConfig(kind=self.router, threshold=threshold, reward_head=self.reward_head),
