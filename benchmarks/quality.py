@@ -30,6 +30,7 @@ from hybrid_llm_adapters.evaluation.runner import Evaluator, summarize
 from hybrid_llm_adapters.evaluation.sweep import EvalRun, plot_sweep, run_interleaved, summarize_runs
 
 HERE = Path(__file__).resolve().parent
+DOCS_PAGE = HERE.parent / "docs" / "evaluation.md"
 RESULTS = HERE / "results"
 DEFAULT_GSM8K = HERE.parent / "data" / "gsm8k" / "test_public.jsonl"
 ENTROPY_30 = 0.659  # entropy threshold that sent ~30 % of tokens to the cloud in benchmarks/throughput.py
@@ -139,11 +140,11 @@ def report(tasks: dict[str, list], runs: dict[str, list[EvalRun]], deployments: 
     write_section("quality_targets", markdown_table(
         ["task", "problems", "operating point (best at <= 35 % activation)", "accuracy / cloud-only",
          ">= 95 %", "tok/s / cloud-only here (idle check)", "tok/s / cloud-only, remote (proj.)",
-         "loop overhead"], target_rows))
+         "loop overhead"], target_rows), DOCS_PAGE)
     headers = ["task", "configuration", "problems", "accuracy [95% CI]", "activation", "tok/s here",
                "tok/s remote (proj.)", "API cost / cloud-only", "self-hosted cost / cloud-only", "cut off",
                "loop overhead"]
-    write_section("quality", markdown_table(headers, table_rows))
+    write_section("quality", markdown_table(headers, table_rows), DOCS_PAGE)
     return out
 
 

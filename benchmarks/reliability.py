@@ -346,7 +346,7 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     if not args.no_readme:
-        write_section("reliability", readme_tables(report))
+        write_section("reliability", readme_tables(report), Path(__file__).resolve().parents[1] / "docs" / "reliability.md")
 
 
 def readme_tables(report: dict[str, Any]) -> str:

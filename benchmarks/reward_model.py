@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+DOCS_PAGE = HERE.parent / "docs" / "reward.md"
 sys.path.insert(0, str(HERE))
 
 from readme_table import markdown_table, write_section
@@ -81,7 +82,8 @@ def main() -> None:
     ap.add_argument("--render-only", action="store_true", help="rewrite the README section from the JSON")
     args = ap.parse_args()
     if args.render_only:
-        write_section("reward_model", render(json.loads((HERE / "results" / "reward_model.json").read_text())))
+        write_section("reward_model", render(json.loads((HERE / "results" / "reward_model.json").read_text())),
+                      DOCS_PAGE)
         return
     torch.manual_seed(args.seed)
     work = args.work
@@ -181,7 +183,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
-    write_section("reward_model", render(result))
+    write_section("reward_model", render(result), DOCS_PAGE)
 
 
 def extra_eval_records(args: argparse.Namespace, tok: object, exclude: set[str]) -> list[dict]:

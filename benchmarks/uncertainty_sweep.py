@@ -60,7 +60,7 @@ def main() -> None:
           _fmt(r.get("cloud_calls_per_cloud_decided_token")), r["cloud_calls"], r["tokens"]] for r in rows],
     )
     table += f"\n\n{args.n} GSM8K prompts, {args.max_new_tokens} new tokens, greedy, run {result['date']}."
-    write_section("uncertainty_sweep", table)
+    write_section("uncertainty_sweep", table, HERE.parent / "docs" / "evaluation.md")
     print(table)
 
 
