@@ -48,7 +48,12 @@ def no_argument_tools(tools: list[dict[str, Any]] | None) -> frozenset[str]:
 
 def prepare_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                  tool_choice: str | None = None) -> PreparedChat:
-    """Render a chat request. ``tools`` are OpenAI function schemas ({"type": "function", "function": {...}})."""
+    """Render a chat request. ``tools`` are OpenAI function schemas ({"type": "function", "function": {...}}).
+
+    ``tool_choice="none"`` means no call, as in OpenAI's API: the tools are not offered to the model and its
+    answer is never parsed for calls (both adapters get this from here)."""
+    if tool_choice == "none":
+        tools = None
     prefix = forced_tool_prefix(tool_choice, tool_names(tools), no_argument_tools(tools)) if tools else ""
     ids = render_chat(tokenizer, messages, tools, assistant_prefix=prefix)
     return PreparedChat(ids, prefix, list(tools or []))

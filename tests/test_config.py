@@ -105,3 +105,20 @@ def test_forced_call_of_a_tool_without_arguments_writes_them() -> None:
     assert prefix.endswith('{"name": "now", "arguments": {}}')
     assert parse_tool_calls(prefix + "\n</tool_call>")[1][0].arguments == {}
     assert forced_tool_prefix("add", ["now", "add"], no_argument_tools(tools)).endswith('"arguments":')
+
+
+def test_tool_choice_none_offers_no_tools(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    from hybrid_llm_adapters.chat_api import finish_chat, prepare_chat
+    from hybrid_llm_adapters.events import GenerationResult
+    from hybrid_llm_adapters.local.slm import load_local_model
+
+    tok = load_local_model(tiny_model_dir).tokenizer
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "find a fact",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    messages = [{"role": "user", "content": "hi"}]
+    offered, refused = prepare_chat(tok, messages, tools, "auto"), prepare_chat(tok, messages, tools, "none")
+    assert offered.tools == tools and refused.tools == []  # nothing to render or parse calls for
+    assert refused.prompt_ids == prepare_chat(tok, messages).prompt_ids
+    call_text = '<tool_call>\n{"name": "lookup", "arguments": {}}\n</tool_call>'
+    answer = GenerationResult(text=call_text, token_ids=[], events=[], ledger=UsageLedger(), finish_reason="stop")
+    assert finish_chat(offered, answer).tool_calls and not finish_chat(refused, answer).tool_calls
