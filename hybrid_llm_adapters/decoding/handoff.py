@@ -41,11 +41,22 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
 
 
 class CostGuard:
-    """Keeps a request's projected cost within ``max_cost_ratio`` of its cloud-only counterfactual."""
+    """Keeps a request's projected cost within ``max_cost_ratio`` of its cloud-only counterfactual.
+
+    It counts what the calls made so far cost by the price table's cache rules (``spent``), not by the
+    server's cache report: the guard's decisions, and so the answer, then do not depend on what else the server
+    had cached (the same request gives the same text alone, in a batch, or after a restart). With
+    ``cached_from="rules"`` this is the bill itself.
+    """
 
     def __init__(self, decoder: RequestDecoder):
         self.d = decoder
         self.ratio = decoder.gen.cost_ratio(decoder.ctx.prices)
+        self.spent = 0.0
+
+    def spend(self, prompt_tokens: int, completion_tokens: int, shared: int) -> None:
+        """Count one answered call."""
+        self.spent += self._cost(prompt_tokens, completion_tokens, shared)
 
     def _cost(self, prompt_len: int, completion: int, shared: int) -> float:
         prices = self.d.ctx.prices
@@ -69,13 +80,13 @@ class CostGuard:
             return True
         d = self.d
         shared = shared_prefix(d.state.ids[:prefix_len], d.sent)
-        return self._within(d.ledger.cost_usd + self._cost(prompt_len, 1, shared), prefix_len - d.n_prompt + 1)
+        return self._within(self.spent + self._cost(prompt_len, 1, shared), prefix_len - d.n_prompt + 1)
 
     def allows_handoff(self, prefix_len: int) -> bool:
         if self.ratio is None:
             return True
         d = self.d
-        return self._handoff_fits(d.ledger.cost_usd, prefix_len, shared_prefix(d.state.ids[:prefix_len], d.sent))
+        return self._handoff_fits(self.spent, prefix_len, shared_prefix(d.state.ids[:prefix_len], d.sent))
 
 
 class Handoff:

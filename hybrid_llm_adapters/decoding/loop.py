@@ -235,7 +235,9 @@ class RequestDecoder:
 
     def book(self, reply: Any, sent: list[int]) -> None:
         """Book an answered call whose prompt was ``sent`` (the prefix a prompt cache may already hold)."""
-        book_call(self.ledger, reply, self.ctx.prices, shared_prefix(sent, self.sent))
+        shared = shared_prefix(sent, self.sent)
+        book_call(self.ledger, reply, self.ctx.prices, shared)
+        self.guard.spend(reply.usage.prompt_tokens, reply.usage.completion_tokens, shared)
         self.sent = sent
 
     def cloud_failed(self, e: CloudError, kept_len: int) -> None:
