@@ -1,0 +1,83 @@
+"""The cost policies' mechanics on the tiny pair: price-table cache rules and presets, the cost guard's bound,
+and the hand-off's continuation (the real pair and vLLM: tests/test_cost_real.py)."""
+
+from __future__ import annotations
+
+import pytest
+from doubles import TransformersCloud
+from test_engine_mechanics import EveryOtherRouter, greedy_reference, prompt
+
+from hybrid_llm_adapters import GenerationConfig, HybridEngine, PriceTable
+from hybrid_llm_adapters.errors import ConfigError
+from hybrid_llm_adapters.local.slm import load_local_model
+
+SHEET = PriceTable(input_per_mtok=1.0, cached_input_per_mtok=0.1, output_per_mtok=4.0, cached_from="rules")
+
+
+@pytest.fixture(scope="module")
+def slm(tiny_model_dir):  # type: ignore[no-untyped-def]
+    return load_local_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def cloud_model(tiny_cloud_dir):  # type: ignore[no-untyped-def]
+    return load_local_model(tiny_cloud_dir)
+
+
+def test_cache_rules() -> None:
+    rules = PriceTable(min_cached_prefix=1024, cache_granularity=128)
+    assert rules.cached_by_rules(1000, 900) == 0  # below the minimum prompt
+    assert rules.cached_by_rules(2000, 1000) == 0  # the shared prefix is below the minimum too
+    assert rules.cached_by_rules(2000, 1300) == 1280  # whole steps of 128
+    assert PriceTable().cached_by_rules(300, 250) == 250
+    assert PriceTable(kind="self_hosted").bills_tokens is False and PriceTable().bills_tokens
+
+
+def test_presets_are_data_and_an_unknown_one_names_the_choices() -> None:
+    presets = PriceTable.presets()
+    assert {"example-api", "example-cached-10pct", "example-cached-10pct-min1024", "self-hosted"} <= set(presets)
+    assert presets["example-cached-10pct"].cached_input_per_mtok == 0.1
+    with pytest.raises(ConfigError, match="example-api"):
+        PriceTable.preset("gpt-99")
+
+
+def test_generation_settings_of_the_policies_are_checked() -> None:
+    with pytest.raises(ValueError, match="handoff_flags"):
+        GenerationConfig(handoff_flags=9, handoff_window=8)
+    with pytest.raises(ValueError, match="max_cost_ratio"):
+        GenerationConfig(max_cost_ratio=0.0)
+    gen = GenerationConfig()
+    assert gen.cost_ratio(SHEET) == 1.0 and gen.cost_ratio(PriceTable(kind="self_hosted")) is None
+    assert gen.handoff_on(SHEET) and not gen.handoff_on(PriceTable(kind="self_hosted"))
+
+
+def test_the_guard_bounds_every_request_by_its_cloud_only_cost(slm, cloud_model) -> None:  # type: ignore[no-untyped-def]
+    texts = ["add 3 and 5", "say hello", "count to four", "name a color"]
+    for text in texts:
+        unguarded = HybridEngine(slm, EveryOtherRouter(), TransformersCloud(cloud_model), SHEET)
+        ids = prompt(unguarded, text)
+        free = unguarded.generate(ids, GenerationConfig(max_new_tokens=30, max_cost_ratio=None, handoff="off"))
+        assert free.ledger.cost_usd > free.ledger.cloud_only_cost_usd  # a call every other token pays more
+        guarded = HybridEngine(slm, EveryOtherRouter(), TransformersCloud(cloud_model), SHEET)
+        led = guarded.generate(ids, GenerationConfig(max_new_tokens=30, max_cost_ratio=1.0, handoff="off")).ledger
+        assert led.cost_usd <= led.cloud_only_cost_usd * (1 + 1e-9)
+        assert led.cost_guard_trips > 0 and led.cloud_calls > 0
+        half = HybridEngine(slm, EveryOtherRouter(), TransformersCloud(cloud_model), SHEET)
+        led = half.generate(ids, GenerationConfig(max_new_tokens=30, max_cost_ratio=0.5, handoff="off")).ledger
+        assert led.cost_usd <= 0.5 * led.cloud_only_cost_usd * (1 + 1e-9)
+
+
+def test_dense_flags_hand_off_to_one_streamed_call(slm, cloud_model) -> None:  # type: ignore[no-untyped-def]
+    cloud = TransformersCloud(cloud_model)
+    engine = HybridEngine(slm, EveryOtherRouter(), cloud, SHEET)
+    ids = prompt(engine)
+    # every other step flagged: 2 flags in a window of 3 happen at the 4th step, which hands off
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=30, max_cost_ratio=None, handoff="on",
+                                                   handoff_flags=2, handoff_window=3))
+    sources = [e.source for e in result.events if not e.final_flush]
+    start = len(sources) - result.ledger.handed_off_tokens
+    assert sources[start:] == ["cloud"] * result.ledger.handed_off_tokens and result.ledger.handed_off_tokens > 10
+    assert sources[:start] == ["local", "cloud", "local"]
+    # the hand-off is the cloud's own greedy continuation of that prefix, in one call after the per-token one
+    assert result.token_ids[start:] == greedy_reference(cloud_model, ids + result.token_ids[:start], 30 - start)
+    assert result.ledger.cloud_calls == 2 == len(cloud.calls)
