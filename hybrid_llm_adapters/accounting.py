@@ -34,6 +34,8 @@ class UsageLedger(BaseModel):
     cloud_seconds: float = 0.0
     cloud_checked_tokens: int = Field(0, description="SLM drafts the cloud scored (verify modes)")
     accepted_drafts: int = Field(0, description="of those, drafts the cloud accepted (kept as local tokens)")
+    decision_checks: int = Field(0, description="positions sent to the cloud as decision points (the turn's "
+                                 "first token with tools offered) that the router alone would have kept")
     handed_off_tokens: int = Field(0, description="of cloud_tokens, those of a hand-off (the cloud finished the "
                                    "answer in one streamed call)")
     cost_guard_trips: int = Field(0, description="cloud calls the cost guard refused (the request then handed off "

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .chat import ParsedToolCall, forced_tool_prefix, parse_bare_tool_call, parse_tool_calls, render_chat
+from .config import GenerationConfig
 from .events import GenerationResult
 
 
@@ -57,6 +58,19 @@ def prepare_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dic
     prefix = forced_tool_prefix(tool_choice, tool_names(tools), no_argument_tools(tools)) if tools else ""
     ids = render_chat(tokenizer, messages, tools, assistant_prefix=prefix)
     return PreparedChat(ids, prefix, list(tools or []))
+
+
+def with_decision_points(prepared: PreparedChat, gen: GenerationConfig) -> GenerationConfig:
+    """The request's decode settings with its decision points resolved: when tools are offered and the choice
+    is open, the first token of the turn (a tool call or an answer) is the cloud's, whatever the router says.
+
+    Seen on the real pair: with a lookup tool's result in context, the SLM confidently called the same tool
+    again, turn after turn, where the cloud answers from the result.
+    """
+    if gen.decision_tokens is not None:
+        return gen
+    open_choice = bool(prepared.tools) and not prepared.forced_prefix
+    return gen.model_copy(update={"decision_tokens": 1 if open_choice else 0})
 
 
 def finish_chat(prepared: PreparedChat, result: GenerationResult) -> ChatOutput:

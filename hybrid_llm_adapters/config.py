@@ -154,6 +154,10 @@ class GenerationConfig(BaseModel):
     handoff: Literal["auto", "on", "off"] = Field(
         "auto", description="when the router flags densely (handoff_flags of the last handoff_window steps) the "
         "cloud finishes the answer in one streamed call; auto: on for a pay-per-token API, off when self-hosted")
+    decision_tokens: int | None = Field(
+        None, ge=0, description="the answer's first N tokens are decided by the cloud whatever the router's "
+        "score (a decision point: with tools offered the first token says call or answer); None: 1 when the "
+        "chat offers tools and leaves the choice open, else 0")
     handoff_flags: int = Field(4, ge=1, description="flags that trigger a hand-off (see handoff_window)")
     handoff_window: int = Field(8, ge=1, description="steps looked back for handoff_flags")
 

@@ -194,6 +194,9 @@ class RequestDecoder:
         step = RouterStep(logits, candidate, ids, hidden, self.scorer_state, self.gen)
         score = self.router.score(step)
         want_cloud = self.router.use_cloud(score, step)
+        if not want_cloud and self.cloud is not None and self.produced_total < (self.gen.decision_tokens or 0):
+            want_cloud = True  # a decision point: the cloud decides it whatever the score
+            self.ledger.decision_checks += 1
         return Proposal(candidate, probs, score, want_cloud, fed)
 
     def _keep_local(self, p: Proposal) -> list[Produced]:

@@ -44,7 +44,13 @@ from hybrid_llm_adapters import (
 )
 from hybrid_llm_adapters.accounting import cloud_only_cost
 from hybrid_llm_adapters.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
-from hybrid_llm_adapters.chat_api import PreparedChat, finish_chat, prepare_chat, tool_names
+from hybrid_llm_adapters.chat_api import (
+    PreparedChat,
+    finish_chat,
+    prepare_chat,
+    tool_names,
+    with_decision_points,
+)
 from hybrid_llm_adapters.config import (
     DEFAULT_CLOUD_BASE_URL,
     DEFAULT_CLOUD_MODEL,
@@ -411,6 +417,7 @@ class _Request:
             seed=gen_kwargs.get("seed", model.seed),
             stop=stops,
         )
+        self.gen = with_decision_points(self.prepared, self.gen)
         self.engine = engine
         self.names = names
         # auto tool choice: stop where the model starts a call's name, and let the SLM pick a bound name
@@ -449,7 +456,10 @@ class _Request:
         """Decode settings of the next phase: the tokens left, and the name stop while it is active."""
         used = sum(r.ledger.generated_tokens for r in self.results)
         stop = [*self.gen.stop, NAME_OPEN] if self.name_stop else list(self.gen.stop)
-        return self.gen.model_copy(update={"max_new_tokens": max(1, self.max_new_tokens - used), "stop": stop})
+        update: dict[str, Any] = {"max_new_tokens": max(1, self.max_new_tokens - used), "stop": stop}
+        if self.results:  # a later phase continues the turn: its decision point is behind it
+            update["decision_tokens"] = 0
+        return self.gen.model_copy(update=update)
 
     def after_phase(self, result: GenerationResult) -> tuple[list[int] | None, ChatGenerationChunk | None]:
         """Record a finished phase; return the next phase's prompt (None: the answer is complete) and a

@@ -53,7 +53,13 @@ from hybrid_llm_adapters import (
     TokenEvent,
     get_engine,
 )
-from hybrid_llm_adapters.chat_api import ChatOutput, PreparedChat, finish_chat, prepare_chat
+from hybrid_llm_adapters.chat_api import (
+    ChatOutput,
+    PreparedChat,
+    finish_chat,
+    prepare_chat,
+    with_decision_points,
+)
 from hybrid_llm_adapters.config import (
     DEFAULT_SLM,
     ROUTERS,
@@ -237,7 +243,7 @@ class HybridChatModel(FunctionCallingLLM):
             tools = to_openai_tools(tools)
         choice = tool_choice_name(kwargs.get("tool_choice"), bool(kwargs.get("tool_required"))) if tools else None
         prepared = prepare_chat(self.engine.tokenizer, to_openai_messages(messages), tools, choice)
-        return prepared, self._generation_config(kwargs)
+        return prepared, with_decision_points(prepared, self._generation_config(kwargs))
 
     def _finish(self, prepared: PreparedChat, result: GenerationResult) -> tuple[ChatOutput, dict[str, Any]]:
         output = finish_chat(prepared, result)
