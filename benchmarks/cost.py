@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from hybrid_llm_adapters.accounting import UsageLedger, call_cost
 from hybrid_llm_adapters.cloud.client import CloudClient
 from hybrid_llm_adapters.cloud.server import VLLMServerConfig, start_server
 from hybrid_llm_adapters.evaluation.cost import SelfHostedPrices, self_hosted_cost
-from hybrid_llm_adapters.evaluation.runner import EvalConfig, run_eval
+from hybrid_llm_adapters.evaluation.runner import EvalConfig, EvalRun, run_eval
 from hybrid_llm_adapters.evaluation.stats import mcnemar_p, wilson_interval
 from hybrid_llm_adapters.evaluation.tasks import get_task
 from hybrid_llm_adapters.local.slm import load_local_model
@@ -128,6 +127,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="gsm8k,humaneval")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--only", default=None, help="run only rows whose label contains this (resumable sittings)")
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="answer nothing: summarize the records already written (a run stopped between sittings)")
     ap.add_argument("--block-verify-problems", type=int, default=20,
                     help="block_verify answers only the first N problems per task (the slowest row)")
     args = ap.parse_args()
@@ -139,7 +140,6 @@ def main() -> None:
                                     max_retries=3))
     router = build_router(RouterConfig(kind="entropy"), local.tokenizer, local.hidden_size)
     engine = HybridEngine(local, router, cloud)
-    started = time.time()
     tasks = args.tasks.split(",")
     problems = {task: get_task(task).load(DATA.get(task), limit=args.problems) for task in tasks}
     records: dict[str, dict[str, list[dict[str, Any]]]] = {task: {} for task in tasks}
@@ -152,7 +152,8 @@ def main() -> None:
             subset = problems[task][: args.block_verify_problems] if label == "block_verify" else problems[task]
             config = EvalConfig(task=task, label=f"{label} ({task})", **fields)
             path = RECORDS / f"{task}-{label.replace(' ', '_').replace(',', '').replace('%', 'pct')}.jsonl"
-            run = run_eval(engine, config, subset, path, concurrency=args.concurrency)
+            run = (EvalRun.open(config, path) if args.summarize_only
+                   else run_eval(engine, config, subset, path, concurrency=args.concurrency))
             records[task][label] = [run.records[p.id] for p in subset if p.id in run.records]
     results = {task: [summarize_row(label, fields.get("prices", SHEET_A), by_row[label], by_row["cloud-only"])
                       for label, fields in rows() if label in by_row]
@@ -161,7 +162,10 @@ def main() -> None:
         "benchmark": "cost", "machine": platform.processor() or platform.machine(), "slm": DEFAULT_SLM,
         "cloud": VLLMServerConfig().name, "problems_per_task": args.problems, "concurrency": args.concurrency,
         "router": "entropy, default threshold", "block_verify_problems": args.block_verify_problems, "sheets": {s: PriceTable.preset(s).model_dump() for s in (SHEET_A, SHEET_B)},
-        "self_hosted_prices": SelfHostedPrices().model_dump(), "seconds": time.time() - started, "tasks": results,
+        "self_hosted_prices": SelfHostedPrices().model_dump(),
+        "answer_seconds_summed": {t: {label: sum(r["wall_s"] for r in recs) for label, recs in by.items()}
+                                  for t, by in records.items()},
+        "tasks": results,
     }
     OUT.write_text(json.dumps(payload, indent=2))
     write_docs(payload)
