@@ -126,7 +126,8 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=50, help="problems per task (the first N)")
     ap.add_argument("--tasks", default="gsm8k,humaneval")
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--only", default=None, help="run only rows whose label contains this (resumable sittings)")
+    ap.add_argument("--only", default=None, help="answer only rows whose label contains this (resumable "
+                    "sittings); the other rows are summarized from their records")
     ap.add_argument("--summarize-only", action="store_true",
                     help="answer nothing: summarize the records already written (a run stopped between sittings)")
     ap.add_argument("--block-verify-problems", type=int, default=20,
@@ -146,14 +147,13 @@ def main() -> None:
     # block_verify last and on a prefix of the problems: its echo calls never hit vLLM's prefix cache, so it is
     # the slowest row here by far (docs/cost.md)
     for label, fields in sorted(rows(), key=lambda row: row[0] == "block_verify"):
-        if args.only and args.only not in label:
-            continue
+        answer = not args.summarize_only and not (args.only and args.only not in label)
         for task in tasks:
             subset = problems[task][: args.block_verify_problems] if label == "block_verify" else problems[task]
             config = EvalConfig(task=task, label=f"{label} ({task})", **fields)
             path = RECORDS / f"{task}-{label.replace(' ', '_').replace(',', '').replace('%', 'pct')}.jsonl"
-            run = (EvalRun.open(config, path) if args.summarize_only
-                   else run_eval(engine, config, subset, path, concurrency=args.concurrency))
+            run = (run_eval(engine, config, subset, path, concurrency=args.concurrency) if answer
+                   else EvalRun.open(config, path))  # the rows not run in this sitting: their records
             records[task][label] = [run.records[p.id] for p in subset if p.id in run.records]
     results = {task: [summarize_row(label, fields.get("prices", SHEET_A), by_row[label], by_row["cloud-only"])
                       for label, fields in rows() if label in by_row]
