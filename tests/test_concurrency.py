@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from fault_proxy import FaultProxy
 
-from hybrid_llm_adapters import GenerationConfig
+from hybrid_llm_adapters import GenerationConfig, PriceTable
 
 N = 16
 PROMPTS = [f"Question {i}: what is {i} + {2 * i}?" for i in range(N)]
@@ -40,8 +40,9 @@ def stub(tiny_model_dir: Path) -> Any:
 
 
 def settings(tiny_model_dir: Path, stub: FaultProxy) -> dict[str, Any]:
+    # self-hosted prices: the batching under test, token by token (a hand-off would take rows out of the batch)
     return {"model": str(tiny_model_dir), "base_url": stub.base_url, "cloud_model": "stub", "router": "entropy",
-            "threshold": THRESHOLD, "max_tokens": 10, "max_retries": 0}
+            "threshold": THRESHOLD, "max_tokens": 10, "max_retries": 0, "prices": PriceTable(kind="self_hosted")}
 
 
 # everything in the ledger but the timings (each request's time depends on what ran beside it)
