@@ -102,7 +102,6 @@ class Handoff:
         self._sent: list[int] = []
         self._away = ExitStack()
         self.done = False  # a request hands off once
-        self.reason = ""
 
     @property
     def active(self) -> bool:
@@ -121,7 +120,7 @@ class Handoff:
             return None
         if reason != "router" and not d.guard.allows_handoff(prefix_len):
             return None
-        self.done, self.reason = True, reason
+        self.done = True
         prefix = d.state.ids[:prefix_len]
         prompt: list[int] | str = prefix if d.use_ids else d.tokenizer.decode(prefix, skip_special_tokens=False)
         left = d.limit - (prefix_len - d.n_prompt)
