@@ -40,6 +40,8 @@ class UsageLedger(BaseModel):
                                    "answer in one streamed call)")
     cost_guard_trips: int = Field(0, description="cloud calls the cost guard refused (the request then handed off "
                                   "or went on locally)")
+    repeated_tool_calls: int = Field(0, description="answers that repeated a tool call the chat had already "
+                                     "answered; each was decoded again with the tools withheld (see ChatRequest)")
     cloud_mode: str = Field("", description="how the cloud was used: replace, verify, block_verify, lookahead, "
                             "cloud_only")
     cost_usd: float = 0.0

@@ -12,6 +12,7 @@ from .errors import ConfigError
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
+NAME_OPEN = '{"name": "'  # where a tool call's name starts (tagged or bare)
 _ROLES = {"system", "user", "assistant", "tool"}
 
 

@@ -15,20 +15,19 @@ from rich.text import Text
 from .accounting import UsageLedger
 from .config import (
     DEFAULT_CLOUD_MODEL,
-    DEFAULT_SLM,
-    CloudConfig,
     CloudMode,
     GenerationConfig,
     PriceTable,
-    RouterConfig,
     RouterKind,
 )
 from .errors import HybridLLMError
+from .settings import HybridSettings
 
 # every TokenEvent source: device, device token the cloud verified, cloud token, device after a cloud fault
 SOURCE_STYLE = {"local": "green", "verified": "cyan", "cloud": "bold magenta", "fallback": "yellow"}
 console = Console()
 err = Console(stderr=True)
+DEFAULTS = HybridSettings()  # the flags' defaults are the settings model's
 
 
 def ledger_table(ledger: UsageLedger, title: str = "usage ledger") -> Table:
@@ -40,25 +39,25 @@ def ledger_table(ledger: UsageLedger, title: str = "usage ledger") -> Table:
     return table
 
 
-def _engine_config(args: argparse.Namespace) -> Any:
-    from .engine import EngineConfig
+def _settings(args: argparse.Namespace) -> HybridSettings:
+    """The flags in the core's one settings model (the adapters' fields carry the same names and defaults)."""
+    router_options = {k: getattr(args, k) for k in ("target_activation", "max_cost_usd", "rejection_risk")
+                      if getattr(args, k) is not None}
+    return HybridSettings(
+        model=args.model, base_url=args.base_url, cloud_model=args.cloud_model, router=args.router,
+        threshold=args.threshold, reward_head=args.reward_head, timeout=args.timeout,
+        on_cloud_failure=args.on_cloud_failure, prices=PriceTable.preset(args.prices) if args.prices else None,
+        cloud_mode=args.cloud_mode, max_cost_ratio=_cost_ratio(args.max_cost_ratio), handoff=args.handoff,
+        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        stop=args.stop or [], router_options=router_options)
 
-    router = RouterConfig(kind=args.router, threshold=args.threshold, reward_head=args.reward_head,
-                          target_activation=args.target_activation, max_cost_usd=args.max_cost_usd,
-                          rejection_risk=args.rejection_risk)
-    cloud_kwargs: dict[str, Any] = {"on_failure": args.on_failure, "timeout": args.timeout}
-    if args.cloud_url:
-        cloud_kwargs["base_url"] = args.cloud_url
-    if args.cloud_model:
-        cloud_kwargs["model"] = args.cloud_model
-    prices = PriceTable.preset(args.prices) if args.prices else PriceTable()
-    return EngineConfig(slm=args.slm, router=router, cloud=CloudConfig(**cloud_kwargs), prices=prices)
+
+def _engine_config(args: argparse.Namespace) -> Any:
+    return _settings(args).engine_config()
 
 
 def _generation_config(args: argparse.Namespace) -> GenerationConfig:
-    return GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            seed=args.seed, stop=args.stop or [], cloud_mode=args.cloud_mode,
-                            max_cost_ratio=_cost_ratio(args.max_cost_ratio), handoff=args.handoff)
+    return _settings(args).generation_config()
 
 
 def _cost_ratio(value: str) -> float | str | None:
@@ -72,10 +71,10 @@ def _cost_ratio(value: str) -> float | str | None:
 
 
 def _chat_once(engine: Any, messages: list[dict[str, Any]], gen: GenerationConfig, show_scores: bool) -> str:
-    from .chat_api import finish_chat, prepare_chat
+    from .chat_api import ChatRequest, finish_chat
 
-    prepared = prepare_chat(engine.tokenizer, messages)
-    stream = engine.stream(prepared.prompt_ids, gen)
+    request = ChatRequest(engine, messages, gen)
+    stream = engine.stream(request.prepared.prompt_ids, request.gen)
     for event in stream:
         piece = Text(event.text, style=SOURCE_STYLE[event.source])
         console.print(piece, end="", soft_wrap=True, highlight=False)
@@ -83,7 +82,7 @@ def _chat_once(engine: Any, messages: list[dict[str, Any]], gen: GenerationConfi
             console.print(Text(f"[{event.score:.2f}]", style="dim"), end="")
     console.print()
     result = stream.result
-    out = finish_chat(prepared, result)
+    out = finish_chat(request.prepared, result)
     legend = Text("  ").join(Text(k, style=v) for k, v in SOURCE_STYLE.items())
     console.print(Text("token source: ") + legend, f"  finish: {out.finish_reason}")
     console.print(ledger_table(result.ledger))
@@ -166,15 +165,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_chat_args(p: argparse.ArgumentParser, default_prompt: str | None = None) -> None:
     p.add_argument("prompt", nargs="?", default=default_prompt, help="one prompt; omit for interactive chat")
-    p.add_argument("--slm", default=DEFAULT_SLM, help="catalog name, folder or HF id")
-    p.add_argument("--router", default="entropy", choices=list(get_args(RouterKind)))
+    p.add_argument("--model", "--slm", dest="model", default=DEFAULTS.model,
+                   help="the on-device SLM: catalog name, folder or HF id")
+    p.add_argument("--router", default=DEFAULTS.router, choices=list(get_args(RouterKind)))
     p.add_argument("--threshold", type=float, default=None, help="router threshold (router-specific units)")
     p.add_argument("--target-activation", type=float, default=None,
                    help="hold this fraction of cloud tokens per request (dynamic threshold)")
     p.add_argument("--max-cost-usd", type=float, default=None, help="per-request cloud budget (dynamic threshold)")
     p.add_argument("--rejection-risk", type=float, default=None,
                    help="perturbation router: threshold derived from this target rejection risk (U-HLM)")
-    p.add_argument("--cloud-mode", default="replace", choices=list(get_args(CloudMode)),
+    p.add_argument("--cloud-mode", default=None, choices=list(get_args(CloudMode)),
                    help="how the cloud is asked: replace, verify, block_verify, lookahead, auto (probe)")
     p.add_argument("--reward-head", default=None, help="reward head .safetensors or reward-model folder")
     p.add_argument("--prices", default=None, help="a shipped example price sheet: "
@@ -184,14 +184,16 @@ def _add_chat_args(p: argparse.ArgumentParser, default_prompt: str | None = None
                    "auto (1.0 on a priced sheet) or off")
     p.add_argument("--handoff", default="auto", choices=["auto", "on", "off"],
                    help="the cloud finishes the answer when the router flags densely")
-    p.add_argument("--cloud-url", default=None, help="OpenAI-compatible base URL (default: local vLLM)")
+    p.add_argument("--base-url", "--cloud-url", dest="base_url", default=None,
+                   help="the cloud's OpenAI-compatible base URL (default: $HYBRID_LLM_CLOUD_URL or local vLLM)")
     p.add_argument("--cloud-model", default=None)
     p.add_argument("--start-cloud", action="store_true", help="start the local vLLM cloud first")
-    p.add_argument("--on-failure", default="local", choices=["raise", "local"])
-    p.add_argument("--timeout", type=float, default=60.0)
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--on-cloud-failure", "--on-failure", dest="on_cloud_failure", default=DEFAULTS.on_cloud_failure,
+                   choices=["raise", "local"], help="after retries: raise (the text so far is kept) or go on locally")
+    p.add_argument("--timeout", type=float, default=DEFAULTS.timeout, help="seconds per cloud HTTP request")
+    p.add_argument("--max-tokens", type=int, default=DEFAULTS.max_tokens)
+    p.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
+    p.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append")
     p.add_argument("--system", default=None)

@@ -158,6 +158,9 @@ class GenerationConfig(BaseModel):
         None, ge=0, description="the answer's first N tokens are decided by the cloud whatever the router's "
         "score (a decision point: with tools offered the first token says call or answer); None: 1 when the "
         "chat offers tools and leaves the choice open, else 0")
+    tool_names: list[str] = Field(
+        default_factory=list, description="bound tool names: where the answer opens a tool call's name, the SLM "
+        "picks one of them (a constrained choice on its own state) instead of writing it freely")
     handoff_flags: int = Field(4, ge=1, description="flags that trigger a hand-off (see handoff_window)")
     handoff_window: int = Field(8, ge=1, description="steps looked back for handoff_flags")
 

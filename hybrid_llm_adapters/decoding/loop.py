@@ -30,6 +30,7 @@ from .booking import book_call, book_token
 from .handoff import CostGuard, Handoff, shared_prefix
 from .modes import BlockVerify, Replace, build_mode
 from .release import TextRelease
+from .tool_names import ToolNameChoice
 from .types import Produced, Proposal
 
 
@@ -91,6 +92,7 @@ class RequestDecoder:
         self.sent: list[int] = []  # the prompt of this request's last cloud call (what a prompt cache holds)
         self.guard = CostGuard(self)
         self.handoff = Handoff(self)
+        self.tool_names = ToolNameChoice(gen.tool_names, self.tokenizer, self.n_prompt)
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -145,6 +147,10 @@ class RequestDecoder:
         produced = self.handoff.next() if self.handoff.active else None
         if produced is not None:
             pass
+        elif self.mode != "cloud_only" and (partial := self.tool_names.due(self.state.ids)) is not None:
+            ids = self.tool_names.choose(self.state, partial)  # a call's name: a bound one, chosen on the SLM
+            self.state.append(ids)
+            produced = [Produced(t, "local") for t in ids]
         elif self.mode == "cloud_only" and not self.cloud_down and not self.handoff.done:
             produced = self.handoff.start(len(self.state.ids), reason="router")
         elif not self.router.needs_slm and not self.cloud_down:

@@ -10,31 +10,31 @@ from typing import Any, get_args
 from rich.console import Console
 from rich.table import Table
 
-from ..config import DEFAULT_SLM, CloudConfig, CloudMode, RouterConfig, RouterKind
+from ..config import CloudMode, RouterConfig, RouterKind
+from ..settings import HybridSettings
 from .runner import EvalConfig, run_eval, summarize
 from .sweep import plot_sweep, run_interleaved, summarize_runs, sweep_configs, write_summary
 from .tasks import TASKS, get_task
 
 console = Console()
+DEFAULTS = HybridSettings()
 TABLE_COLUMNS = [("name", "{}"), ("problems", "{}"), ("accuracy", "{:.3f}"), ("activation_ratio", "{:.1%}"),
                  ("tokens_per_s", "{:.2f}"), ("cloud_calls", "{}"), ("cutoff_rate", "{:.1%}"),
                  ("api_cost_usd", "{:.2e}"), ("self_hosted_cost_usd", "{:.2e}")]
 
 
 def _engine(args: argparse.Namespace, needs_cloud: bool) -> Any:
-    from ..engine import EngineConfig, get_engine
+    from ..engine import get_engine
 
-    cloud_kwargs: dict[str, Any] = {"on_failure": args.on_failure, "timeout": args.timeout}
-    if args.cloud_url:
-        cloud_kwargs["base_url"] = args.cloud_url
-    if args.cloud_model:
-        cloud_kwargs["model"] = args.cloud_model
+    base_url = args.base_url
     if args.start_cloud and needs_cloud:
         from ..cloud.server import VLLMServerConfig, start_server
 
-        cloud_kwargs["base_url"] = start_server(VLLMServerConfig()).base_url
-    router = RouterConfig(kind="entropy") if needs_cloud else RouterConfig(kind="local")
-    return get_engine(EngineConfig(slm=args.slm, router=router, cloud=CloudConfig(**cloud_kwargs)))
+        base_url = start_server(VLLMServerConfig()).base_url
+    settings = HybridSettings(model=args.model, base_url=base_url, cloud_model=args.cloud_model,
+                              router="entropy" if needs_cloud else "local", timeout=args.timeout,
+                              on_cloud_failure=args.on_cloud_failure)
+    return get_engine(settings.engine_config())
 
 
 def _router(args: argparse.Namespace) -> RouterConfig:
@@ -93,12 +93,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward-head", default=None)
     p.add_argument("--cloud-mode", default="replace", choices=list(get_args(CloudMode)))
     p.add_argument("--max-tokens", type=int, default=None, help="new tokens per answer (default: the task's)")
-    p.add_argument("--slm", default=DEFAULT_SLM)
-    p.add_argument("--cloud-url", default=None)
+    p.add_argument("--model", "--slm", dest="model", default=DEFAULTS.model, help="the on-device SLM")
+    p.add_argument("--base-url", "--cloud-url", dest="base_url", default=None,
+                   help="the cloud's OpenAI-compatible base URL (default: $HYBRID_LLM_CLOUD_URL or local vLLM)")
     p.add_argument("--cloud-model", default=None)
     p.add_argument("--start-cloud", action="store_true", help="start the local vLLM cloud first")
-    p.add_argument("--on-failure", default="local", choices=["raise", "local"])
-    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--on-cloud-failure", "--on-failure", dest="on_cloud_failure", default=DEFAULTS.on_cloud_failure,
+                   choices=["raise", "local"], help="after retries: raise, or go on locally (the record says so)")
+    p.add_argument("--timeout", type=float, default=DEFAULTS.timeout, help="seconds per cloud HTTP request")
     p.add_argument("--concurrency", type=int, default=8,
                    help="problems answered at once (they share batched SLM forwards; answers are as one by one)")
 

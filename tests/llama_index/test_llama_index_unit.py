@@ -24,7 +24,7 @@ from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMChat
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.hybrid import HybridChatModel, HybridLLMUsageEvent, track_hybrid_usage
 from llama_index.llms.hybrid.base import _StreamBuilder
-from llama_index.llms.hybrid.utils import LEDGER_KEY, to_openai_messages, visible_text
+from llama_index.llms.hybrid.utils import LEDGER_KEY, to_openai_messages
 from loop_probe import loop_ticks_during
 from pydantic import BaseModel
 
@@ -119,7 +119,7 @@ def test_metadata(llm: HybridChatModel) -> None:
 
 
 def test_rendered_through_chat_template(llm: HybridChatModel) -> None:
-    prepared, _ = llm._begin(MSGS, {})
+    prepared = llm._request(MSGS, {}).prepared
     dicts = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "add 3 and 5"}]
     assert prepared.prompt_ids == render_chat(llm.engine.tokenizer, dicts)
 
@@ -255,18 +255,21 @@ def test_engine_shared_between_models(tiny_model_dir: Path) -> None:
 
 # -- tools -----------------------------------------------------------------------------------------------------
 
-def test_visible_text_holds_back_tool_calls() -> None:
-    assert visible_text("Hello <tool_c", True) == "Hello "
-    assert visible_text("Hello <tool_call>\n{", True) == "Hello "
-    assert visible_text("Hello <tool_c", False) == "Hello <tool_c"
+def test_stream_builder_streams_tool_calls_incrementally() -> None:
+    from llama_index.core.base.llms.types import ToolCallBlock
+    from llama_index.llms.hybrid.utils import selections
 
+    from hybrid_llm_adapters.chat_api import ChatChunk
+    from hybrid_llm_adapters.tool_stream import Delta
 
-def test_stream_builder_hides_forced_tool_call(tiny_model_dir: Path) -> None:
-    from hybrid_llm_adapters.chat_api import PreparedChat
-    from hybrid_llm_adapters.events import TokenEvent
-
-    builder = _StreamBuilder(PreparedChat([1], '<tool_call>\n{"name": "f", "arguments": ', [{"name": "f"}]))
-    assert builder.chunk(TokenEvent('{"a": 1}}', 5, "local", None, 0.0)) is None
+    builder = _StreamBuilder()
+    first = builder.chunk(ChatChunk(tool_calls=[Delta(index=0, id="c1", name="f", args='{"a": ')]), None)
+    second = builder.chunk(ChatChunk(tool_calls=[Delta(index=0, args="1}")]), None)
+    assert not first.message.content and first.delta == ""  # no call text leaks into the content
+    blocks = [b for b in second.message.blocks if isinstance(b, ToolCallBlock)]
+    assert [(b.tool_call_id, b.tool_name, b.tool_kwargs) for b in blocks] == [("c1", "f", '{"a": 1}')]
+    assert selections(first.message)[0].tool_kwargs == {}  # incomplete JSON: no arguments yet
+    assert selections(second.message)[0].tool_kwargs == {"a": 1}
 
 
 def order_status(order_id: str) -> str:

@@ -28,6 +28,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
+    TextBlock,
     ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import (
@@ -42,27 +43,10 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from hybrid_llm_adapters import (
-    CloudConfig,
-    EngineConfig,
-    GenerationConfig,
-    GenerationResult,
-    HybridEngine,
-    PriceTable,
-    RouterConfig,
-    TokenEvent,
-    get_engine,
-)
-from hybrid_llm_adapters.chat_api import (
-    ChatOutput,
-    PreparedChat,
-    finish_chat,
-    prepare_chat,
-    with_decision_points,
-)
+from hybrid_llm_adapters import CloudConfig, EngineConfig, HybridEngine, PriceTable
+from hybrid_llm_adapters.chat_api import ChatChunk, ChatOutput, ChatRequest
 from hybrid_llm_adapters.config import (
     DEFAULT_SLM,
-    ROUTERS,
     CloudMode,
     FallbackPolicy,
     RouterKind,
@@ -70,6 +54,8 @@ from hybrid_llm_adapters.config import (
     positive_tokens,
     refuse_unknown_settings,
 )
+from hybrid_llm_adapters.engine import get_engine
+from hybrid_llm_adapters.settings import PER_CALL, HybridSettings
 
 from .events import HybridLLMUsageEvent
 from .utils import (
@@ -79,15 +65,12 @@ from .utils import (
     selections,
     to_openai_messages,
     to_openai_tools,
-    tool_choice_name,
-    visible_text,
 )
 
 logger = logging.getLogger(__name__)
 dispatcher = instrument.get_dispatcher(__name__)
 
-_GEN_KEYS = ("max_tokens", "temperature", "top_p", "seed", "stop", "cloud_mode", "max_cost_ratio", "handoff")
-_TOOL_KEYS = ("tools", "tool_choice", "tool_required")
+_TOOL_KEYS = ("tools", "tool_choice", "tool_required", "allow_parallel_tool_calls")
 
 
 class HybridChatModel(FunctionCallingLLM):
@@ -142,6 +125,12 @@ class HybridChatModel(FunctionCallingLLM):
         "auto", description="the cloud finishes the answer in one streamed call when the router flags densely "
         "(auto: on for a pay-per-token price table)")
     dtype: str = Field("bfloat16", description="SLM dtype")
+    generation_options: dict[str, Any] = Field(default_factory=dict, description="further GenerationConfig "
+                                               "fields, e.g. {'draft_tokens': 8}")
+    router_options: dict[str, Any] = Field(default_factory=dict, description="further RouterConfig fields, e.g. "
+                                           "{'target_activation': 0.2}")
+    cloud_options: dict[str, Any] = Field(default_factory=dict, description="further CloudConfig fields, e.g. "
+                                          "{'logprobs': 10}")
     # -- decoding defaults (per call: the same names; ``max_new_tokens`` is accepted for ``max_tokens``) ---
     max_tokens: int = Field(256, description="maximum new tokens per answer (>= 1)")
     temperature: float = Field(0.0, ge=0, description="0 = greedy")
@@ -175,25 +164,15 @@ class HybridChatModel(FunctionCallingLLM):
         return "HybridChatModel"
 
     # -- configuration ------------------------------------------------------------------------------
+    def settings(self) -> HybridSettings:
+        """This model's settings in the core's one settings model (shared with the LangChain model and the
+        CLIs: one meaning and one default per setting)."""
+        return HybridSettings.of(self)
+
     @property
     def engine_config(self) -> EngineConfig:
         """The core config built from this model's fields (equal fields => equal config => shared engine)."""
-        cloud: dict[str, Any] = {"timeout": self.timeout, "max_retries": self.max_retries,
-                                 "on_failure": self.on_cloud_failure}
-        if self.base_url is not None:
-            cloud["base_url"] = self.base_url
-        if self.cloud_model is not None:
-            cloud["model"] = self.cloud_model
-        if self.api_key is not None:
-            cloud["api_key"] = self.api_key
-        threshold = self.threshold if ROUTERS[self.router].default_threshold is not None else None  # as the LangChain model
-        return EngineConfig(
-            slm=self.model,
-            router=RouterConfig(kind=self.router, threshold=threshold, reward_head=self.reward_head),
-            cloud=CloudConfig(**cloud),
-            prices=self.prices,
-            dtype=self.dtype,
-        )
+        return self.settings().engine_config()
 
     @property
     def engine(self) -> HybridEngine:
@@ -223,44 +202,38 @@ class HybridChatModel(FunctionCallingLLM):
         config = self.engine.local.model.config
         return int(getattr(config, "max_position_embeddings", 0) or 2048)
 
-    def _generation_config(self, kwargs: dict[str, Any]) -> GenerationConfig:
-        values: dict[str, Any] = {k: getattr(self, k) for k in _GEN_KEYS}
+    # -- one request, shared by every path ----------------------------------------------------------
+    def _request(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatRequest:
+        """The core's chat request for LlamaIndex messages and call arguments (the only translation here)."""
+        calls = {k: kwargs[k] for k in PER_CALL if kwargs.get(k) is not None}
         if kwargs.get("max_new_tokens") is not None:
-            values["max_tokens"] = kwargs["max_new_tokens"]
-        values.update({k: kwargs[k] for k in _GEN_KEYS if kwargs.get(k) is not None})
-        ignored = set(kwargs) - set(_GEN_KEYS) - set(_TOOL_KEYS) - {"max_new_tokens"}
+            calls.setdefault("max_tokens", kwargs["max_new_tokens"])
+        ignored = set(kwargs) - set(PER_CALL) - set(_TOOL_KEYS) - {"max_new_tokens"}
         if ignored:
             logger.debug("HybridChatModel ignores call arguments %s", sorted(ignored))
-        values["max_new_tokens"] = values.pop("max_tokens")
-        if values["cloud_mode"] is None:
-            del values["cloud_mode"]  # the core's default
-        return GenerationConfig(**values)
-
-    # -- one request, shared by every path ----------------------------------------------------------
-    def _begin(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> tuple[PreparedChat, GenerationConfig]:
         tools = kwargs.get("tools") or None
         if tools and not isinstance(tools[0], dict):  # BaseTool objects passed straight to chat()
             tools = to_openai_tools(tools)
-        choice = tool_choice_name(kwargs.get("tool_choice"), bool(kwargs.get("tool_required"))) if tools else None
-        prepared = prepare_chat(self.engine.tokenizer, to_openai_messages(messages), tools, choice)
-        return prepared, with_decision_points(prepared, self._generation_config(kwargs))
+        parallel = kwargs.get("allow_parallel_tool_calls")
+        return ChatRequest(self.engine, to_openai_messages(messages), self.settings().generation_config(**calls),
+                           tools, kwargs.get("tool_choice"), parallel_tool_calls=parallel,
+                           tool_required=bool(kwargs.get("tool_required")))
 
-    def _finish(self, prepared: PreparedChat, result: GenerationResult) -> tuple[ChatOutput, dict[str, Any]]:
-        output = finish_chat(prepared, result)
+    def _finish(self, output: ChatOutput) -> dict[str, Any]:
         raw = raw_response(output, self.model_name)
         dispatcher.event(HybridLLMUsageEvent(
-            model_name=self.model_name, ledger=result.ledger, finish_reason=output.finish_reason,
+            model_name=self.model_name, ledger=output.result.ledger, finish_reason=output.finish_reason,
             tool_calls=[c.name for c in output.tool_calls],
         ))
-        return output, raw
+        return raw
 
-    def _chat_response(self, prepared: PreparedChat, result: GenerationResult) -> ChatResponse:
-        output, raw = self._finish(prepared, result)
+    def _chat_response(self, output: ChatOutput) -> ChatResponse:
+        raw = self._finish(output)
         return ChatResponse(message=assistant_message(output.content, output.tool_calls), raw=raw,
                             additional_kwargs=_extras(raw))
 
-    def _completion_response(self, prepared: PreparedChat, result: GenerationResult) -> CompletionResponse:
-        output, raw = self._finish(prepared, result)
+    def _completion_response(self, output: ChatOutput) -> CompletionResponse:
+        raw = self._finish(output)
         return CompletionResponse(text=output.content, raw=raw, additional_kwargs=_extras(raw))
 
     def _prompt_messages(self, prompt: str) -> list[ChatMessage]:
@@ -273,83 +246,65 @@ class HybridChatModel(FunctionCallingLLM):
     # -- chat -------------------------------------------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        prepared, gen = self._begin(messages, kwargs)
-        return self._chat_response(prepared, self.engine.generate(prepared.prompt_ids, gen))
+        return self._chat_response(self._request(messages, kwargs).run())
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        prepared, gen = await asyncio.to_thread(self._begin, messages, kwargs)  # may load the SLM
-        return self._chat_response(prepared, await self.engine.agenerate(prepared.prompt_ids, gen))
+        request = await asyncio.to_thread(self._request, messages, kwargs)  # may load the SLM
+        return self._chat_response(await request.arun())
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        prepared, gen = self._begin(messages, kwargs)
+        request = self._request(messages, kwargs)
 
         def stream() -> ChatResponseGen:
-            builder = _StreamBuilder(prepared)
-            generation = self.engine.stream(prepared.prompt_ids, gen)
-            for event in generation:
-                if (chunk := builder.chunk(event)) is not None:
-                    yield chunk
-            assert generation.result is not None
-            yield builder.final(self._chat_response(prepared, generation.result))
+            builder = _StreamBuilder()
+            for piece in request.stream():
+                yield builder.chunk(piece, self)
 
         return stream()
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        prepared, gen = await asyncio.to_thread(self._begin, messages, kwargs)
+        request = await asyncio.to_thread(self._request, messages, kwargs)
 
         async def stream() -> ChatResponseAsyncGen:
-            builder = _StreamBuilder(prepared)
-            generation = self.engine.astream(prepared.prompt_ids, gen)
-            async for event in generation:
-                if (chunk := builder.chunk(event)) is not None:
-                    yield chunk
-            assert generation.result is not None
-            yield builder.final(self._chat_response(prepared, generation.result))
+            builder = _StreamBuilder()
+            async for piece in request.astream():
+                yield builder.chunk(piece, self)
 
         return stream()
 
     # -- complete ---------------------------------------------------------------------------------------
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        prepared, gen = self._begin(self._prompt_messages(prompt), kwargs)
-        return self._completion_response(prepared, self.engine.generate(prepared.prompt_ids, gen))
+        return self._completion_response(self._request(self._prompt_messages(prompt), kwargs).run())
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        prepared, gen = await asyncio.to_thread(self._begin, self._prompt_messages(prompt), kwargs)
-        return self._completion_response(prepared, await self.engine.agenerate(prepared.prompt_ids, gen))
+        request = await asyncio.to_thread(self._request, self._prompt_messages(prompt), kwargs)
+        return self._completion_response(await request.arun())
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        prepared, gen = self._begin(self._prompt_messages(prompt), kwargs)
+        request = self._request(self._prompt_messages(prompt), kwargs)
 
         def stream() -> CompletionResponseGen:
-            builder = _StreamBuilder(prepared)
-            generation = self.engine.stream(prepared.prompt_ids, gen)
-            for event in generation:
-                if (chunk := builder.chunk(event)) is not None:
-                    yield _as_completion(chunk)
-            assert generation.result is not None
-            yield _as_completion(builder.final(self._chat_response(prepared, generation.result)))
+            builder = _StreamBuilder()
+            for piece in request.stream():
+                yield _as_completion(builder.chunk(piece, self))
 
         return stream()
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
-        prepared, gen = await asyncio.to_thread(self._begin, self._prompt_messages(prompt), kwargs)
+        request = await asyncio.to_thread(self._request, self._prompt_messages(prompt), kwargs)
 
         async def stream() -> CompletionResponseAsyncGen:
-            builder = _StreamBuilder(prepared)
-            generation = self.engine.astream(prepared.prompt_ids, gen)
-            async for event in generation:
-                if (chunk := builder.chunk(event)) is not None:
-                    yield _as_completion(chunk)
-            assert generation.result is not None
-            yield _as_completion(builder.final(self._chat_response(prepared, generation.result)))
+            builder = _StreamBuilder()
+            async for piece in request.astream():
+                yield _as_completion(builder.chunk(piece, self))
 
         return stream()
 
@@ -377,6 +332,7 @@ class HybridChatModel(FunctionCallingLLM):
             "tools": to_openai_tools(tools) or None,
             "tool_choice": tool_choice,
             "tool_required": tool_required,
+            "allow_parallel_tool_calls": allow_parallel_tool_calls,
             **kwargs,
         }
 
@@ -411,30 +367,27 @@ class HybridChatModel(FunctionCallingLLM):
 
 
 class _StreamBuilder:
-    """Turns token events into cumulative ``ChatResponse`` chunks; holds back tool-call text."""
+    """Turns the core's ``ChatChunk``s into cumulative ``ChatResponse`` chunks: the content so far, and the tool
+    calls so far as ``ToolCallBlock``s whose arguments grow as they stream (a JSON prefix until complete)."""
 
-    def __init__(self, prepared: PreparedChat):
-        self.prepared = prepared
+    def __init__(self) -> None:
         self.text = ""
-        self.shown = ""
+        self.calls: dict[int, dict[str, Any]] = {}
 
-    def chunk(self, event: TokenEvent) -> ChatResponse | None:
-        self.text += event.text
-        visible = visible_text(self.prepared.forced_prefix + self.text, bool(self.prepared.tools))
-        if len(visible) <= len(self.shown):
-            return None
-        delta, self.shown = visible[len(self.shown):], visible
-        return ChatResponse(
-            message=assistant_message(visible),
-            delta=delta,
-            raw={"token_id": event.token_id, "source": event.source, "score": event.score},
-        )
-
-    def final(self, response: ChatResponse) -> ChatResponse:
-        """The last chunk: the whole message (with tool calls), the usage and the ledger."""
-        content = response.message.content or ""
-        response.delta = content[len(self.shown):] if content.startswith(self.shown) else ""
-        return response
+    def chunk(self, piece: ChatChunk, llm: HybridChatModel) -> ChatResponse:
+        self.text += piece.text
+        for d in piece.tool_calls:
+            call = self.calls.setdefault(d.index, {"id": d.id, "name": d.name, "args": ""})  # type: ignore[arg-type]
+            call["args"] += d.args or ""
+        if piece.output is not None:  # the last chunk: the whole message (parsed calls), usage and ledger
+            response = llm._chat_response(piece.output)
+            response.delta = piece.text
+            return response
+        blocks: list[Any] = [TextBlock(text=self.text)] if self.text or not self.calls else []
+        blocks += [ToolCallBlock(tool_call_id=c["id"], tool_name=c["name"], tool_kwargs=c["args"])
+                   for c in self.calls.values()]
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks), delta=piece.text,
+                            raw={"sources": piece.sources})
 
 
 def _extras(raw: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.llms.llm import ToolSelection
 
 from hybrid_llm_adapters import UsageLedger
-from hybrid_llm_adapters.chat import TOOL_CALL_OPEN, ParsedToolCall
+from hybrid_llm_adapters.chat import ParsedToolCall
 from hybrid_llm_adapters.chat_api import ChatOutput
 
 LEDGER_KEY = "hybrid_ledger"
@@ -100,18 +100,6 @@ def to_openai_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
     return [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
 
 
-def tool_choice_name(tool_choice: Any, tool_required: bool) -> str | None:
-    """The core's ``tool_choice`` (None/"auto"/"none"/"required"/<name>) from LlamaIndex's arguments.
-
-    Accepts OpenAI's dict form ``{"type": "function", "function": {"name": ...}}`` as well.
-    """
-    if isinstance(tool_choice, dict):
-        tool_choice = tool_choice.get("function", tool_choice).get("name")
-    if tool_choice in (None, "auto") and tool_required:
-        return "required"
-    return tool_choice
-
-
 def usage_dict(ledger: UsageLedger) -> dict[str, int]:
     """OpenAI-style usage, the form LlamaIndex's ``TokenCountingHandler`` reads from ``raw["usage"]``."""
     return {
@@ -143,31 +131,25 @@ def assistant_message(content: str, calls: Sequence[ParsedToolCall] = ()) -> Cha
     return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks)
 
 
-def visible_text(full: str, tools_offered: bool) -> str:
-    """The part of a partial answer that is safe to stream as content.
-
-    With tools offered, text from ``<tool_call>`` on is a tool call, not content, and a trailing partial
-    ``<tool_c`` is held back until it is known not to open one.
-    """
-    if not tools_offered:
-        return full
-    start = full.find(TOOL_CALL_OPEN)
-    if start >= 0:
-        return full[:start]
-    for k in range(min(len(TOOL_CALL_OPEN) - 1, len(full)), 0, -1):
-        if full.endswith(TOOL_CALL_OPEN[:k]):
-            return full[:-k]
-    return full
-
-
 def selections(message: ChatMessage) -> list[ToolSelection]:
     """``ToolSelection``s of the ToolCallBlocks in ``message``."""
     return [
         ToolSelection(
             tool_id=block.tool_call_id or "",
             tool_name=block.tool_name,
-            tool_kwargs=block.tool_kwargs if isinstance(block.tool_kwargs, dict) else {},
+            tool_kwargs=_kwargs(block.tool_kwargs),
         )
         for block in message.blocks
         if isinstance(block, ToolCallBlock)
     ]
+
+
+def _kwargs(value: Any) -> dict[str, Any]:
+    """A call's arguments: a dict, or (while streaming) JSON text that may still be incomplete."""
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
