@@ -34,7 +34,7 @@ from readme_table import markdown_table, write_section
 from hybrid_llm_adapters import CloudConfig, HybridEngine, PriceTable, RouterConfig
 from hybrid_llm_adapters.accounting import UsageLedger, call_cost
 from hybrid_llm_adapters.cloud.client import CloudClient
-from hybrid_llm_adapters.cloud.server import VLLMServerConfig, start_server
+from hybrid_llm_adapters.devtools.vllm_server import VLLMServerConfig, start_server
 from hybrid_llm_adapters.evaluation.cost import SelfHostedPrices, self_hosted_cost
 from hybrid_llm_adapters.evaluation.runner import EvalConfig, EvalRun, run_eval
 from hybrid_llm_adapters.evaluation.stats import mcnemar_p, wilson_interval

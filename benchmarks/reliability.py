@@ -39,7 +39,7 @@ from hybrid_llm_adapters import (
     HybridEngine,
 )
 from hybrid_llm_adapters.cloud.client import CloudClient
-from hybrid_llm_adapters.cloud.server import VLLMServerConfig, server_status
+from hybrid_llm_adapters.devtools.vllm_server import VLLMServerConfig, server_status
 from hybrid_llm_adapters.errors import CloudUnavailableError
 from hybrid_llm_adapters.local.slm import load_local_model
 from hybrid_llm_adapters.models import DEFAULT_SLM, resolve_model

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine
 from hybrid_llm_adapters.cloud.client import CloudClient
-from hybrid_llm_adapters.cloud.server import VLLMServerConfig, start_server
+from hybrid_llm_adapters.devtools.vllm_server import VLLMServerConfig, start_server
 from hybrid_llm_adapters.local.slm import load_local_model
 from hybrid_llm_adapters.local.threads import apply_slm_threads
 from hybrid_llm_adapters.models import DEFAULT_SLM, resolve_model

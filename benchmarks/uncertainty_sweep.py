@@ -17,7 +17,7 @@ from throughput import DEFAULT_DATA, HERE, _fmt, load_prompts, run_engine
 
 from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine
 from hybrid_llm_adapters.cloud.client import CloudClient
-from hybrid_llm_adapters.cloud.server import VLLMServerConfig, start_server
+from hybrid_llm_adapters.devtools.vllm_server import VLLMServerConfig, start_server
 from hybrid_llm_adapters.local.slm import load_local_model
 from hybrid_llm_adapters.models import DEFAULT_SLM, resolve_model
 from hybrid_llm_adapters.routing import PerturbationRouter

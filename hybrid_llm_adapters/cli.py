@@ -94,7 +94,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     config = _engine_config(args)
     if args.start_cloud and config.router.kind != "local":
-        from .cloud.server import VLLMServerConfig, start_server
+        from .devtools.vllm_server import VLLMServerConfig, start_server
 
         status = start_server(VLLMServerConfig())
         config.cloud.base_url = status.base_url
@@ -120,7 +120,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import CATALOG, DEFAULT_CLOUD, DEFAULT_SLM, install_model, is_installed, model_dir
+    from .devtools.installer import install_model
+    from .models import CATALOG, DEFAULT_CLOUD, DEFAULT_SLM, is_installed, model_dir
 
     if args.action == "list":
         table = Table("name", "role", "installed", "folder", "description")
@@ -137,7 +138,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_cloud(args: argparse.Namespace) -> int:
-    from .cloud.server import VLLMServerConfig, server_status, start_server, stop_server
+    from .devtools.vllm_server import VLLMServerConfig, server_status, start_server, stop_server
 
     if args.action == "start":
         config = VLLMServerConfig(model=args.model, port=args.port, max_model_len=args.max_model_len,
@@ -156,7 +157,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: default models, local cloud, one hybrid chat with provenance and cost."""
-    from .models import install_default_models
+    from .devtools.installer import install_default_models
 
     install_default_models(progress=True)
     args.start_cloud = True

@@ -41,7 +41,7 @@ def real_slm_dir() -> Path:
 @pytest.fixture(scope="session")
 def cloud_base_url() -> str:
     """The real cloud: vLLM serving Qwen2.5-Coder-1.5B-Instruct on 127.0.0.1 (started once, reused)."""
-    from hybrid_llm_adapters.cloud.server import VLLMServerConfig, start_server
+    from hybrid_llm_adapters.devtools.vllm_server import VLLMServerConfig, start_server
 
     status = start_server(VLLMServerConfig(), progress=False)
     return status.base_url
@@ -49,7 +49,7 @@ def cloud_base_url() -> str:
 
 @pytest.fixture(scope="session")
 def cloud_model_name() -> str:
-    from hybrid_llm_adapters.cloud.server import VLLMServerConfig
+    from hybrid_llm_adapters.devtools.vllm_server import VLLMServerConfig
 
     return VLLMServerConfig().name
 

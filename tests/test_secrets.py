@@ -128,7 +128,7 @@ def test_api_key_absent_from_the_vllm_log_and_console(real_slm_dir: Path, cloud_
     from urllib.parse import urlparse
 
     from hybrid_llm_adapters import cli
-    from hybrid_llm_adapters.cloud.server import log_path
+    from hybrid_llm_adapters.devtools.vllm_server import log_path
 
     log = log_path(urlparse(cloud_base_url).port or 8765)
     start = log.stat().st_size

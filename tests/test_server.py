@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hybrid_llm_adapters.cloud.server import (
+from hybrid_llm_adapters.devtools.vllm_server import (
     ServerStatus,
     VLLMServerConfig,
     server_status,

@@ -24,8 +24,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -43,14 +41,21 @@ from tenacity import (
 from ..config import CloudConfig, GenerationConfig
 from ..errors import CloudError
 from .breaker import CircuitBreaker, breaker_for
+from .replies import (
+    BlockScore,
+    CloudReply,
+    CloudStream,
+    CloudToken,
+    EndpointCapabilities,
+    MalformedResponseError,
+    parse_tokens,
+    parse_usage,
+)
+
+PROBE_TEXT = "def f(x):\n    return x  # héllo 你好"
 
 logger = logging.getLogger(__name__)
 
-
-
-class MalformedResponseError(Exception):
-    """The endpoint answered 200 with a body that is not a completion (bad JSON, no choices, no logprobs
-    where they are needed): a broken proxy or server, retried like a 5xx."""
 
 
 TRANSIENT_ERRORS = (
@@ -77,129 +82,6 @@ def retry_after_s(error: BaseException | None) -> float | None:
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
-
-TOKEN_ID_PREFIX = "token_id:"
-PROBE_TEXT = "def f(x):\n    return x  # héllo 你好"
-
-
-@dataclass(frozen=True)
-class CallUsage:
-    """What one call billed, as the server reported it."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-
-@dataclass
-class CloudToken:
-    """One token the cloud produced, with its top-k alternatives (keyed by token id when known)."""
-
-    text: str
-    token_id: int | None
-    finish_reason: str | None
-    top_logprobs: dict[int, float] = field(default_factory=dict)
-    logprob: float | None = None
-
-
-@dataclass
-class CloudReply:
-    """One call's answer: the tokens, what it billed, and how long it took."""
-
-    tokens: list[CloudToken]
-    usage: CallUsage = field(default_factory=CallUsage)
-    latency_s: float = 0.0
-    finish_reason: str | None = None
-    text: str = ""
-
-    @property
-    def first(self) -> CloudToken:
-        return self.tokens[0] if self.tokens else CloudToken("", None, self.finish_reason)
-
-
-@dataclass
-class BlockScore:
-    """The cloud's view of k drafted tokens: its top-k logprobs at each drafted position, plus the token it
-    generates after the whole block (the 'bonus')."""
-
-    positions: list[dict[int, float]]
-    bonus: CloudToken
-    usage: CallUsage
-    latency_s: float
-
-
-@dataclass
-class EndpointCapabilities:
-    """What an endpoint was found to support; probed lazily, once per client."""
-
-    token_ids_in_response: bool = True  # vLLM's return_tokens_as_token_ids
-    remote_probe_ids: list[int] | None = None  # the endpoint's tokenization of PROBE_TEXT ([] = unknown)
-    shared_tokenizer: bool | None = None  # for the SLM most recently checked
-    echo_logprobs: bool | None = None  # echo + logprobs returns correctly aligned prompt logprobs
-    max_logprobs: int | None = None
-
-    def best_mode(self) -> str:
-        """The cheapest lossless mode this endpoint allows: block verification when echo works."""
-        if self.shared_tokenizer and self.token_ids_in_response and self.echo_logprobs:
-            return "block_verify"
-        return "replace"
-
-
-class CloudStream:
-    """A streamed completion: its tokens as they arrive, then what it billed.
-
-    Iterating yields one ``CloudReply`` per chunk (its tokens and text). A fault mid-stream ends the iteration early with the tokens that arrived
-    kept and ``error`` set; ``close()`` (a stop sequence or the caller's limit) aborts it. ``usage`` is the
-    server's report when the stream ended normally, else an estimate: the prompt plus the tokens received
-    (``usage_reported`` says which).
-    """
-
-    def __init__(self, chunks: Any, prompt_tokens: int, start: float, on_fault: Any):
-        self._chunks = chunks
-        self._start = start
-        self._on_fault = on_fault
-        self.received = 0
-        self.usage = CallUsage(prompt_tokens, 0, 0)
-        self.usage_reported = False
-        self.finish_reason: str | None = None
-        self.error: CloudError | None = None
-        self.latency_s = 0.0
-
-    def __iter__(self) -> Iterator[CloudReply]:
-        try:
-            for chunk in self._chunks:
-                if getattr(chunk, "usage", None) is not None:
-                    self.usage = CloudClient._usage(chunk)
-                    self.usage_reported = True
-                for choice in chunk.choices or []:
-                    tokens = CloudClient._tokens(choice.logprobs, 0) if choice.logprobs is not None else []
-                    if not tokens and choice.text:
-                        tokens = [CloudToken(choice.text, None, None)]
-                    if choice.finish_reason:
-                        self.finish_reason = choice.finish_reason
-                    if tokens:
-                        self.received += len(tokens)
-                        yield CloudReply(tokens, text=choice.text or "")
-            if self.finish_reason is None:
-                raise MalformedResponseError("the stream ended without a finish reason")
-        except (openai.APIError, httpx.HTTPError, ValueError, MalformedResponseError) as e:
-            self.error = CloudError(f"the cloud's stream broke after {self.received} token(s): "
-                                    f"{type(e).__name__}: {e}")
-            self._on_fault()
-        finally:
-            self.latency_s = time.perf_counter() - self._start
-            if not self.usage_reported:
-                self.usage = CallUsage(self.usage.prompt_tokens, self.received, 0)
-
-    def close(self) -> None:
-        """Stop reading (the server aborts the request); ``usage`` becomes the estimate."""
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-        if not self.usage_reported:
-            self.usage = CallUsage(self.usage.prompt_tokens, self.received, 0)
-        self.latency_s = self.latency_s or time.perf_counter() - self._start
-
 
 _PROBES: dict[tuple[str, str], EndpointCapabilities] = {}
 _PROBES_LOCK = threading.Lock()
@@ -309,12 +191,12 @@ class CloudClient:
         response = self._create(params, require_logprobs=logprobs is not None)
         latency = time.perf_counter() - start
         choice = response.choices[0]
-        tokens = self._tokens(choice.logprobs, 0) if choice.logprobs is not None else []
+        tokens = parse_tokens(choice.logprobs, 0) if choice.logprobs is not None else []
         if not tokens and choice.text:
             tokens = [CloudToken(choice.text, None, choice.finish_reason)]
         if tokens:
             tokens[-1].finish_reason = choice.finish_reason
-        return CloudReply(tokens, self._usage(response), latency, choice.finish_reason, choice.text or "")
+        return CloudReply(tokens, parse_usage(response), latency, choice.finish_reason, choice.text or "")
 
     def stream_tokens(self, prompt: list[int] | str, gen: GenerationConfig, n: int,
                       seed: int | None = None, prompt_tokens: int | None = None) -> CloudStream:
@@ -338,7 +220,7 @@ class CloudClient:
         response = self._create(params, require_logprobs=True)
         latency = time.perf_counter() - start
         choice = response.choices[0]
-        tokens = self._tokens(choice.logprobs, 0)
+        tokens = parse_tokens(choice.logprobs, 0)
         n = len(prefix) + len(drafts)
         if len(tokens) < n + 1 and not (len(tokens) == n and choice.finish_reason == "stop"):
             raise CloudError(f"echo returned {len(tokens)} token logprobs for a {n}-token prompt; this endpoint "
@@ -346,7 +228,7 @@ class CloudClient:
         positions = [t.top_logprobs for t in tokens[len(prefix):n]]
         bonus = tokens[n] if len(tokens) > n else CloudToken("", None, "stop")
         bonus.finish_reason = choice.finish_reason
-        return BlockScore(positions, bonus, self._usage(response), latency)
+        return BlockScore(positions, bonus, parse_usage(response), latency)
 
     # -- plumbing ---------------------------------------------------------------------------------------
 
@@ -467,32 +349,3 @@ class CloudClient:
         if require_logprobs and getattr(choices[0], "logprobs", None) is None:
             raise MalformedResponseError("the reply has no logprobs, which verifying a draft needs")
         return response
-
-    @staticmethod
-    def _token_id(token: str) -> int | None:
-        return int(token[len(TOKEN_ID_PREFIX):]) if token.startswith(TOKEN_ID_PREFIX) else None
-
-    @classmethod
-    def _tokens(cls, lp: Any, start: int) -> list[CloudToken]:
-        out = []
-        tokens = lp.tokens or []
-        for i in range(start, len(tokens)):
-            top: dict[int, float] = {}
-            if lp.top_logprobs and i < len(lp.top_logprobs) and lp.top_logprobs[i]:
-                for key, value in lp.top_logprobs[i].items():
-                    tid = cls._token_id(key)
-                    if tid is not None:
-                        top[tid] = value
-            logprob = lp.token_logprobs[i] if lp.token_logprobs and i < len(lp.token_logprobs) else None
-            tid = cls._token_id(tokens[i])
-            out.append(CloudToken(tokens[i] if tid is None else "", tid, None, top, logprob))
-        return out
-
-    @staticmethod
-    def _usage(response: Any) -> CallUsage:
-        usage = response.usage
-        if usage is None:
-            return CallUsage()
-        details = getattr(usage, "prompt_tokens_details", None)
-        cached = (getattr(details, "cached_tokens", 0) or 0) if details is not None else 0
-        return CallUsage(usage.prompt_tokens, usage.completion_tokens, cached)

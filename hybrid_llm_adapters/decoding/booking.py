@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..accounting import UsageLedger, call_cost
-from ..cloud.client import BlockScore, CallUsage, CloudReply
+from ..cloud.replies import BlockScore, CallUsage, CloudReply
 from ..config import PriceTable
 from ..events import TokenSource
 

@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from ..accounting import call_cost, cloud_only_cost
-from ..cloud.client import CloudReply, CloudStream
+from ..cloud.replies import CloudReply, CloudStream
 from ..errors import CloudError
 from .types import Produced
 

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ..accounting import UsageLedger, cloud_only_cost
-from ..cloud.client import CloudClient, CloudReply
+from ..cloud.client import CloudClient
+from ..cloud.replies import CloudReply
 from ..config import GenerationConfig, PriceTable
 from ..errors import CloudError
 from ..events import FinishReason, GenerationResult, TokenEvent, TokenSource

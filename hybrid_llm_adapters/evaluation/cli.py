@@ -28,7 +28,7 @@ def _engine(args: argparse.Namespace, needs_cloud: bool) -> Any:
 
     base_url = args.base_url
     if args.start_cloud and needs_cloud:
-        from ..cloud.server import VLLMServerConfig, start_server
+        from ..devtools.vllm_server import VLLMServerConfig, start_server
 
         base_url = start_server(VLLMServerConfig()).base_url
     settings = HybridSettings(model=args.model, base_url=base_url, cloud_model=args.cloud_model,

@@ -33,6 +33,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..chat import render_chat
+from ..cloud.client import CloudClient
+from ..config import CloudConfig, GenerationConfig
 from ..errors import ConfigError
 from .prompts import Prompt, split_of
 
@@ -75,29 +77,24 @@ def draw(seed: int, prompt_id: str, role: str, cfg: SynthConfig) -> tuple[float,
     return t, p, h % (2**31 - 1)
 
 
-def _client(ep: Endpoint) -> Any:
-    from openai import OpenAI
+def _client(ep: Endpoint) -> CloudClient:
+    """The package's one cloud client (retries, breaker, token ids), for this endpoint."""
+    return CloudClient(CloudConfig(base_url=ep.base_url, model=ep.model, api_key=ep.api_key, timeout=ep.timeout,
+                                   max_retries=3, max_retry_s=ep.timeout, logprobs=1))
 
-    return OpenAI(base_url=ep.base_url, api_key=ep.api_key, timeout=ep.timeout, max_retries=3)
 
-
-def generate_one(client: Any, ep: Endpoint, prompt_ids: list[int], max_tokens: int, temperature: float,
+def generate_one(client: CloudClient, prompt_ids: list[int], max_tokens: int, temperature: float,
                  top_p: float, seed: int | None, eos_id: int | None) -> Generation:
-    extra = {"seed": seed} if seed is not None else {}
-    r = client.completions.create(
-        model=ep.model, prompt=prompt_ids, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-        extra_body={"return_token_ids": True}, **extra,
-    )
-    choice = r.choices[0]
-    ids = getattr(choice, "token_ids", None)
-    if ids is None:
-        ids = (choice.model_extra or {}).get("token_ids")
-    if ids is None:
-        raise ConfigError(f"{ep.base_url} did not return token_ids (needs vLLM >= 0.10 with return_token_ids).")
-    ids = [int(i) for i in ids]
-    if choice.finish_reason == "stop" and eos_id is not None and (not ids or ids[-1] != eos_id):
-        ids.append(eos_id)  # the end of the answer is a token the router scores too
-    return Generation(ids, choice.text, choice.finish_reason, temperature, top_p, seed)
+    gen = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p if temperature else 1.0)
+    reply = client.next_tokens(prompt_ids, gen, max_tokens, seed)
+    ids = [t.token_id for t in reply.tokens]
+    if any(i is None for i in ids):
+        raise ConfigError(f"{client.config.base_url} did not return token ids (needs vLLM with "
+                          "return_tokens_as_token_ids).")
+    out = [int(i) for i in ids]  # type: ignore[arg-type]
+    if reply.finish_reason == "stop" and eos_id is not None and (not out or out[-1] != eos_id):
+        out.append(eos_id)  # the end of the answer is a token the router scores too
+    return Generation(out, reply.text, reply.finish_reason, temperature, top_p, seed)
 
 
 def done_ids(out: Path) -> set[str]:
@@ -155,7 +152,7 @@ def synthesize(
     def one(p: Prompt, role: str) -> Generation:
         ids = render_chat(tokenizer, [{"role": "user", "content": p.text}])
         t, tp, seed = draw(cfg.seed, p.id, role, cfg)
-        return generate_one(clients[role], eps[role], ids, cfg.max_tokens, t, tp,
+        return generate_one(clients[role], ids, cfg.max_tokens, t, tp,
                             seed if cfg.send_seed else None, eos_id)
 
     results: dict[str, dict[str, Generation]] = {}
@@ -223,7 +220,7 @@ def cloud_greedy(prompts: list[dict[str, Any]], cloud: Endpoint, max_tokens: int
     client = _client(cloud)
 
     def one(p: dict[str, Any]) -> tuple[str, list[int]]:
-        g = generate_one(client, cloud, p["prompt_ids"], max_tokens, 0.0, 1.0, None, None)
+        g = generate_one(client, p["prompt_ids"], max_tokens, 0.0, 1.0, None, None)
         return p["prompt_id"], g.token_ids
 
     with (ThreadPoolExecutor(max_workers=concurrency) as pool,

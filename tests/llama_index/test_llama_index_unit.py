@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from hybrid_llm_adapters import GenerationConfig, HybridEngine
 from hybrid_llm_adapters.chat import render_chat
-from hybrid_llm_adapters.cloud.client import CallUsage, CloudReply, CloudToken
+from hybrid_llm_adapters.cloud.replies import CallUsage, CloudReply, CloudToken
 from hybrid_llm_adapters.local.slm import load_local_model
 from hybrid_llm_adapters.routing import AlwaysCloudRouter, Router
 

@@ -26,7 +26,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env, secret_from_env
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from hybrid_llm_adapters import EngineConfig, GenerationResult, HybridEngine, PriceTable, get_engine
 from hybrid_llm_adapters.chat_api import ChatChunk, ChatOutput, ChatRequest, resolve_tool_choice, tool_names
@@ -36,8 +36,6 @@ from hybrid_llm_adapters.config import (
     DEFAULT_SLM,
     CloudMode,
     RouterKind,
-    finite_threshold,
-    positive_tokens,
     refuse_unknown_settings,
 )
 from hybrid_llm_adapters.settings import PER_CALL, HybridSettings
@@ -138,15 +136,10 @@ class HybridChatModel(BaseChatModel):
         refuse_unknown_settings(data, cls)
         return data
 
-    @field_validator("threshold")
-    @classmethod
-    def _finite_threshold(cls, v: float | None) -> float | None:
-        return finite_threshold(v)
-
-    @field_validator("max_tokens")
-    @classmethod
-    def _positive_tokens(cls, v: int | None) -> int | None:
-        return positive_tokens(v)
+    @model_validator(mode="after")
+    def _valid_settings(self) -> Any:
+        self.settings()  # the core's settings model checks every value (one set of rules for all entry points)
+        return self
 
     # -- LangChain plumbing -------------------------------------------------------------------------
     @property

@@ -36,7 +36,6 @@ from llama_index.core.bridge.pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
-    field_validator,
     model_validator,
 )
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
@@ -50,8 +49,6 @@ from hybrid_llm_adapters.config import (
     CloudMode,
     FallbackPolicy,
     RouterKind,
-    finite_threshold,
-    positive_tokens,
     refuse_unknown_settings,
 )
 from hybrid_llm_adapters.engine import get_engine
@@ -149,15 +146,10 @@ class HybridChatModel(FunctionCallingLLM):
         refuse_unknown_settings(data, cls)
         return data
 
-    @field_validator("threshold")
-    @classmethod
-    def _finite_threshold(cls, v: float | None) -> float | None:
-        return finite_threshold(v)
-
-    @field_validator("max_tokens")
-    @classmethod
-    def _positive_tokens(cls, v: int) -> int:
-        return positive_tokens(v)  # type: ignore[return-value]
+    @model_validator(mode="after")
+    def _valid_settings(self) -> Any:
+        self.settings()  # the core's settings model checks every value (one set of rules for all entry points)
+        return self
 
     @classmethod
     def class_name(cls) -> str:

