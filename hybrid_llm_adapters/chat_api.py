@@ -158,13 +158,17 @@ def _call_key(fn: dict[str, Any]) -> str:
     return json.dumps([fn.get("name"), args], sort_keys=True, ensure_ascii=False)
 
 
+ANSWER_FROM_RESULTS = "Answer my question from the tool results above, in plain words."
+
+
 class ChatRequest:
     """One chat turn on an engine. ``run()`` / ``arun()`` give the whole answer; ``stream()`` /
     ``astream()`` give ``ChatChunk``s, then the answer in the stream's ``result``.
 
     ``parallel_tool_calls=False`` (and any forced call) ends the answer after its first call. When the answer
     repeats a tool call the messages already answered (same name, same arguments), the turn is decoded again
-    with the tools withheld, so the model answers from the result it has: seen on the real pair, the SLM and
+    with the tools withheld and a closing request to answer from the results, so the model answers from the
+    result it has: seen on the real pair, the SLM and
     the cloud alike called a lookup tool again and again with its result in context. The ledger counts it
     (``repeated_tool_calls``) and includes both decodes.
     """
@@ -191,7 +195,11 @@ class ChatRequest:
         return any(_call_key({"name": c.name, "arguments": c.arguments}) in self.answered for c in output.tool_calls)
 
     def _without_tools(self) -> tuple[PreparedChat, GenerationConfig]:
-        prepared = prepare_chat(self.engine.tokenizer, self.messages, None, "none")
+        """The turn again, tools withheld and one closing user turn that asks for the answer (seen on the real
+        pair: without it the SLM wrote the same call again as plain JSON text; with it, SLM, cloud and hybrid
+        answered from the result)."""
+        messages = [*self.messages, {"role": "user", "content": ANSWER_FROM_RESULTS}]
+        prepared = prepare_chat(self.engine.tokenizer, messages, None, "none")
         return prepared, self._settings(prepared, self.gen.model_copy(update={"decision_tokens": None}))
 
     @staticmethod

@@ -158,6 +158,11 @@ class GenerationConfig(BaseModel):
         None, ge=0, description="the answer's first N tokens are decided by the cloud whatever the router's "
         "score (a decision point: with tools offered the first token says call or answer); None: 1 when the "
         "chat offers tools and leaves the choice open, else 0")
+    decision_markers: list[str] = Field(
+        default_factory=list, description="structural points in text protocols: after any of these strings, the "
+        "rest of the line (at most decision_window tokens) is the cloud's, whatever the router says; e.g. "
+        "['Action:', 'Action Input:'] for ReAct agents")
+    decision_window: int = Field(32, ge=1, description="most tokens one decision marker sends to the cloud")
     tool_names: list[str] = Field(
         default_factory=list, description="bound tool names: where the answer opens a tool call's name, the SLM "
         "picks one of them (a constrained choice on its own state) instead of writing it freely")

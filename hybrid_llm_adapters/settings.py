@@ -9,7 +9,7 @@ one request.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -102,8 +102,8 @@ class HybridSettings(BaseModel):
             if not hasattr(obj, attr) or (explicit is not None and attr not in explicit):
                 continue
             value = getattr(obj, attr)
-            if value is None and cls.model_fields[name].default is not None:
-                continue  # None on an adapter field means "the default"
+            if value is None and type(None) not in get_args(cls.model_fields[name].annotation):
+                continue  # None where the setting takes no None (max_tokens=None) means "the default"
             values[name] = value
         return cls(**values)
 

@@ -97,12 +97,16 @@ def test_function_agent_finishes_a_lookup(settings: dict[str, Any]) -> None:
 
 
 def test_react_agent_finishes_a_lookup(settings: dict[str, Any]) -> None:
+    """ReAct's text protocol (Thought / Action / Action Input) on the hybrid, with its structural points as
+    decision markers. Without them the SLM copied the prompt's example (``{"input": ..., "num_beams": 5}``)
+    as the tool's arguments and the agent answered a made-up number."""
     from llama_index.core.agent.workflow import ReActAgent
     from llama_index.core.tools import FunctionTool
     from llama_index.llms.hybrid import HybridChatModel
 
-    agent = ReActAgent(tools=[FunctionTool.from_defaults(raised_bed_count)],
-                       llm=HybridChatModel(**{**settings, "max_tokens": 160}))
+    react = {"generation_options": {"decision_markers": ["Action:", "Action Input:"]},  # what the README advises
+             "max_cost_ratio": None, "max_tokens": 128, "timeout": 300.0}
+    agent = ReActAgent(tools=[FunctionTool.from_defaults(raised_bed_count)], llm=HybridChatModel(**settings, **react))
 
     async def run() -> Any:
         return await agent.run(user_msg=QUESTION, max_iterations=8)
@@ -110,3 +114,4 @@ def test_react_agent_finishes_a_lookup(settings: dict[str, Any]) -> None:
     response = asyncio.run(run())
     assert "38" in str(response)
     assert response.tool_calls and response.tool_calls[0].tool_name == "raised_bed_count"
+    assert response.tool_calls[0].tool_kwargs == {"garden": "Brassica Row"}

@@ -10,7 +10,7 @@ import pytest
 
 from hybrid_llm_adapters import GenerationConfig, HybridEngine
 from hybrid_llm_adapters.chat import NAME_OPEN, TOOL_CALL_OPEN
-from hybrid_llm_adapters.chat_api import ChatRequest, answered_calls, resolve_tool_choice
+from hybrid_llm_adapters.chat_api import ANSWER_FROM_RESULTS, ChatRequest, answered_calls, resolve_tool_choice
 from hybrid_llm_adapters.decoding.tool_names import NAME_CLOSE, ToolNameChoice
 from hybrid_llm_adapters.errors import ConfigError
 from hybrid_llm_adapters.events import GenerationResult
@@ -163,6 +163,7 @@ def test_a_repeated_tool_call_is_decoded_again_without_tools(engine: HybridEngin
     assert len(scripted.prompts) == 2
     (first, gen1), (second, gen2) = scripted.prompts
     assert gen1.tool_names == NAMES and gen2.tool_names == []  # the tools are withheld from the second decode
+    assert ANSWER_FROM_RESULTS in engine.tokenizer.decode(second)  # and the answer is asked for
     assert not out.tool_calls
     ledger = out.result.ledger
     assert ledger.repeated_tool_calls == 1 and ledger.requests == 1
@@ -176,3 +177,19 @@ def test_a_new_call_is_not_a_repeat(engine: HybridEngine) -> None:
     out = ChatRequest(engine, history({"city": "Oslo"}), GenerationConfig(max_new_tokens=6), TOOLS).run()
     assert len(scripted.prompts) == 1 and out.tool_calls[0].arguments == {"city": "Bergen"}
     assert out.result.ledger.repeated_tool_calls == 0
+
+
+def test_decision_markers_send_the_rest_of_the_line() -> None:
+    from hybrid_llm_adapters.decoding.tool_names import DecisionMarkers
+
+    m = DecisionMarkers(["Action:", "Action Input:"], window=4)
+    text = ""
+    active = []
+    for piece in ["Thought: x\n", "Action", ":", " look", "up", "\n", "Action", " Input", ":", " {", "a", "b", "c",
+                  "d", "e"]:
+        active.append(m.active())  # asked before the token is chosen
+        text += piece
+        m.update(text)
+    # cloud for ' look', 'up', '\n' (the line ends), then for ' {', 'a', 'b', 'c' (the window of 4)
+    assert active == [False, False, False, True, True, True, False, False, False, True, True, True, True, False, False]
+    assert not DecisionMarkers([], 4).active()

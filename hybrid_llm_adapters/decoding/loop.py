@@ -31,7 +31,7 @@ from .booking import book_call, book_token
 from .handoff import CostGuard, Handoff, shared_prefix
 from .modes import BlockVerify, Replace, build_mode
 from .release import TextRelease
-from .tool_names import ToolNameChoice
+from .tool_names import DecisionMarkers, ToolNameChoice
 from .types import Produced, Proposal
 
 
@@ -94,6 +94,7 @@ class RequestDecoder:
         self.guard = CostGuard(self)
         self.handoff = Handoff(self)
         self.tool_names = ToolNameChoice(gen.tool_names, self.tokenizer, self.n_prompt)
+        self.markers = DecisionMarkers(gen.decision_markers, gen.decision_window)
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -201,7 +202,8 @@ class RequestDecoder:
         step = RouterStep(logits, candidate, ids, hidden, self.scorer_state, self.gen)
         score = self.router.score(step)
         want_cloud = self.router.use_cloud(score, step)
-        if not want_cloud and self.cloud is not None and self.produced_total < (self.gen.decision_tokens or 0):
+        if not want_cloud and self.cloud is not None and (self.produced_total < (self.gen.decision_tokens or 0)
+                                                          or self.markers.active()):
             want_cloud = True  # a decision point: the cloud decides it whatever the score
             self.ledger.decision_checks += 1
         return Proposal(candidate, probs, score, want_cloud, fed)
@@ -300,6 +302,7 @@ class RequestDecoder:
         book_token(self.ledger, item.source)
         self.ledger.handed_off_tokens += item.handed_off
         piece, stopped = self.release.update(self.state.ids[self.n_prompt: self.n_prompt + index + 1])
+        self.markers.update(self.release.text)
         if stopped:
             self.finish = "stop"
             self._drop_from(index + 1)

@@ -1,4 +1,4 @@
-"""The constrained tool-name choice inside the decode loop.
+"""Structural points inside the decode loop: the constrained tool-name choice, and decision markers.
 
 Where a tool call's name opens (``<tool_call>`` then ``{"name": "``, or a bare ``{"name": "`` at the start of
 the answer), the SLM does not write the name freely: a small SLM has invented names (seen: "hello" for two
@@ -71,3 +71,31 @@ class ToolNameChoice:
 
     def _ids(self, name: str, partial: str) -> list[int]:
         return self.tokenizer.encode(name[len(partial):] + NAME_CLOSE, add_special_tokens=False)
+
+
+class DecisionMarkers:
+    """After a marker string (e.g. ReAct's ``Action Input:``), the rest of the line is the cloud's: a text
+    protocol's structural point, where a small SLM copies the prompt's example instead of following it (seen:
+    ``{"input": "brassica row", "num_beams": 5}`` for a tool taking ``garden``)."""
+
+    def __init__(self, markers: list[str], window: int):
+        self.markers = [m for m in markers if m]
+        self.window = window
+        self.left = 0
+        self.seen_at = -1  # where the last marker ended in the text (one trigger per marker)
+
+    def active(self) -> bool:
+        return self.left > 0
+
+    def update(self, text: str) -> None:
+        """Take the answer's text after a new token."""
+        if self.left > 0:
+            self.left -= 1
+            if text.endswith("\n") and len(text.rstrip()) > self.seen_at:
+                self.left = 0  # the line is over
+        if not self.markers:
+            return
+        body = text.rstrip(" ")
+        for marker in self.markers:
+            if body.endswith(marker) and len(body) > self.seen_at:
+                self.seen_at, self.left = len(body), self.window
