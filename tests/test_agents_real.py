@@ -106,7 +106,7 @@ def test_react_agent_finishes_a_lookup(settings: dict[str, Any]) -> None:
 
     react = {"generation_options": {"decision_markers": ["Action:", "Action Input:"]},  # what the README advises
              "max_cost_ratio": None, "max_tokens": 128, "timeout": 300.0}
-    agent = ReActAgent(tools=[FunctionTool.from_defaults(raised_bed_count)], llm=HybridChatModel(**settings, **react))
+    agent = ReActAgent(tools=[FunctionTool.from_defaults(raised_bed_count)], llm=HybridChatModel(**{**settings, **react}))
 
     async def run() -> Any:
         return await agent.run(user_msg=QUESTION, max_iterations=8)
