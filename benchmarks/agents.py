@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "results" / "agents"
 OUT = HERE / "results" / "agents.json"
 DOC = HERE.parent / "docs" / "agents.md"
-SYSTEMS = {"slm": {"router": "local"}, "cloud": {"router": "cloud"}, "hybrid": {}}  # hybrid: the defaults
+SYSTEMS = {"hybrid": {}, "cloud": {"router": "cloud"}, "slm": {"router": "local"}}  # hybrid: the defaults
 FRAMEWORKS = ("langchain", "llamaindex")
 STEP_LIMIT = {"langchain": 12, "llamaindex": 6}  # LangGraph super-steps (about 5 tool rounds); agent turns
 SYSTEM_PROMPT = ("You are a helpful assistant for a community garden and its office. Use the tools to look up "
@@ -204,6 +204,11 @@ async def run_config(framework: str, system: str, todo: list[dict[str, Any]], kw
     bar.close()
 
 
+def _ledger(d: dict[str, Any]) -> UsageLedger:
+    """A recorded ledger (its dump carries the computed views too)."""
+    return UsageLedger(**{k: v for k, v in d.items() if k in UsageLedger.model_fields})
+
+
 def load(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -213,26 +218,30 @@ def load(path: Path) -> list[dict[str, Any]]:
 # -- summary ----------------------------------------------------------------------------------------------
 
 def summarize(ids: list[str]) -> dict[str, Any]:
+    """Rows per framework and system over the tasks that system has answered; cost ratios against cloud-only
+    over the tasks both answered (a partial run says so in ``tasks``)."""
     rows: dict[str, dict[str, Any]] = {}
     for framework in FRAMEWORKS:
         recs = {s: {r["id"]: r for r in load(RECORDS / f"{framework}-{s}.jsonl")} for s in SYSTEMS}
-        common = [i for i in ids if all(i in recs[s] for s in SYSTEMS)]
-        if not common:
-            continue
-        cloud_sh = sum(self_hosted_cost(UsageLedger(**recs["cloud"][i]["ledger"]), SelfHostedPrices()) for i in common)
-        cloud_api = sum(recs["cloud"][i]["ledger"]["cost_usd"] for i in common)
         for system in SYSTEMS:
-            rs = [recs[system][i] for i in common]
-            ledgers = [UsageLedger(**r["ledger"]) for r in rs]
+            done = [i for i in ids if i in recs[system]]
+            if not done:
+                continue
+            rs = [recs[system][i] for i in done]
+            ledgers = [_ledger(r["ledger"]) for r in rs]
             total = sum(ledgers, UsageLedger())
             ok = sum(r["success"] for r in rs)
             lo, hi = wilson_interval(ok, len(rs))
-            sh = sum(self_hosted_cost(g, SelfHostedPrices()) for g in ledgers)
+            paired = [i for i in done if i in recs["cloud"]]
+            mine = [_ledger(recs[system][i]["ledger"]) for i in paired]
+            cloud = [_ledger(recs["cloud"][i]["ledger"]) for i in paired]
+            cloud_sh = sum(self_hosted_cost(g, SelfHostedPrices()) for g in cloud)
+            cloud_api = sum(g.cost_usd for g in cloud)
             rows[f"{framework}/{system}"] = {
                 "framework": framework, "system": system, "tasks": len(rs), "successes": ok,
                 "success": ok / len(rs), "success_ci95": [lo, hi],
-                "by_kind": {k: sum(r["success"] for r in rs if r["kind"] == k) / max(1, sum(r["kind"] == k for r in rs))
-                            for k in ("lookup", "calculator", "two-step")},
+                "by_kind": {k: (sum(r["success"] for r in rs if r["kind"] == k) / n if (n := sum(r["kind"] == k for r in rs))
+                                else None) for k in ("lookup", "calculator", "two-step")},
                 "tool_calls_per_task": sum(r["tool_calls"] for r in rs) / len(rs),
                 "turns_per_task": sum(r["turns"] for r in rs) / len(rs),
                 "tasks_with_loops": sum(r["loop"] for r in rs),
@@ -240,8 +249,10 @@ def summarize(ids: list[str]) -> dict[str, Any]:
                 "repeated_tool_calls_guarded": total.repeated_tool_calls,
                 "decision_checks": total.decision_checks,
                 "cloud_share": total.cloud_tokens / total.generated_tokens if total.generated_tokens else 0.0,
-                "self_hosted_cost_vs_cloud_only": sh / cloud_sh if cloud_sh else None,
-                "api_cost_vs_cloud_only": total.cost_usd / cloud_api if cloud_api else None,
+                "tasks_paired_with_cloud_only": len(paired),
+                "self_hosted_cost_vs_cloud_only": (sum(self_hosted_cost(g, SelfHostedPrices()) for g in mine) / cloud_sh
+                                                   if cloud_sh else None),
+                "api_cost_vs_cloud_only": sum(g.cost_usd for g in mine) / cloud_api if cloud_api else None,
                 "api_cost_vs_own_counterfactual": total.cost_usd / total.cloud_only_cost_usd
                 if total.cloud_only_cost_usd else None,
                 "seconds_per_task": sum(r["seconds"] for r in rs) / len(rs),
@@ -265,10 +276,10 @@ def write_doc(summary: dict[str, Any]) -> None:
             "API cost / cloud-only"]
     body = []
     for r in summary["rows"].values():
-        k = r["by_kind"]
+        k = {kind: "-" if v is None else f"{v:.2f}" for kind, v in r["by_kind"].items()}
         body.append([r["framework"], r["system"], r["tasks"],
                      f"{r['success']:.2f} ({r['success_ci95'][0]:.2f}-{r['success_ci95'][1]:.2f})",
-                     f"{k['lookup']:.2f} / {k['calculator']:.2f} / {k['two-step']:.2f}",
+                     f"{k['lookup']} / {k['calculator']} / {k['two-step']}",
                      f"{r['tool_calls_per_task']:.2f}", f"{r['turns_per_task']:.2f}",
                      f"{r['tasks_with_loops']} ({r['tasks_at_step_limit']})", r["repeated_tool_calls_guarded"],
                      f"{r['cloud_share']:.1%}",
@@ -281,11 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--concurrency", type=int, default=8, help="tasks in flight per configuration")
     ap.add_argument("--limit", type=int, default=None, help="the first N tasks only")
+    ap.add_argument("--stride", type=int, default=1, help="every k-th task (a sample that keeps every kind)")
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--summarize-only", action="store_true")
     args = ap.parse_args(argv)
-    all_tasks = tasks()[: args.limit]
+    all_tasks = tasks()[:: args.stride][: args.limit]
     RECORDS.mkdir(parents=True, exist_ok=True)
     if not args.summarize_only:
         status = start_server(VLLMServerConfig())
