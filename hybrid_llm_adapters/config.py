@@ -249,7 +249,7 @@ class CloudConfig(BaseModel):
         ),
         repr=False,
     )
-    timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
+    timeout: float = Field(120.0, gt=0, description="seconds per HTTP request (a CPU-served cloud under load can take a minute to start a stream)")
     max_retries: int = Field(2, ge=0, description="retries of transient errors (connection, timeout, 429, 5xx)")
     max_retry_s: float = Field(60.0, gt=0, description="bound on one call's total time across its retries "
                                "(the attempts, their timeouts and the waits between them)")

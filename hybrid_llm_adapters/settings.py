@@ -47,7 +47,7 @@ class HybridSettings(BaseModel):
     router: RouterKind = Field("entropy", description="who decides local vs cloud per token")
     threshold: float | None = Field(None, description="router threshold; None: the router's default")
     reward_head: str | None = Field(None, description="reward head file or reward-model folder (router reward)")
-    timeout: float = Field(30.0, gt=0, description="seconds per cloud HTTP request")
+    timeout: float = Field(120.0, gt=0, description="seconds per cloud HTTP request")
     max_retries: int = Field(2, ge=0, description="retries of transient cloud errors")
     on_cloud_failure: FallbackPolicy = Field("raise", description="after retries: 'raise' a CloudError (with the "
                                              "text so far) or continue 'local'")

@@ -29,7 +29,11 @@ def test_eval_cloud_only_then_resume(real_slm_dir: Path, cloud_base_url: str, gs
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     assert summary["problems"] == 2 and summary["activation_ratio"] == 1.0
     # the API bill (cached input at its price when the server reports a prefix-cache hit) is the run's cost
-    assert summary["api_cost_usd"] == pytest.approx(summary["api_cost_if_cloud_only_usd"])
+    # (a prefix-cache hit left by an earlier run of the same problem on this server bills cached input)
+    if all(r["ledger"]["cached_prompt_tokens"] == 0 for r in records):
+        assert summary["api_cost_usd"] == pytest.approx(summary["api_cost_if_cloud_only_usd"])
+    else:
+        assert summary["api_cost_usd"] < summary["api_cost_if_cloud_only_usd"]
     assert summary["api_cost_usd"] == pytest.approx(sum(r["ledger"]["cost_usd"] for r in records))
 
 

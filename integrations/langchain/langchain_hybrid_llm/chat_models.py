@@ -85,7 +85,7 @@ class HybridChatModel(BaseChatModel):
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
-    timeout: float = Field(default=30.0, gt=0, description="seconds per cloud HTTP request")
+    timeout: float = Field(default=120.0, gt=0, description="seconds per cloud HTTP request")
     max_retries: int = Field(default=2, ge=0, description="retries of transient cloud errors")
     api_key: SecretStr = Field(
         default_factory=secret_from_env(["HYBRID_LLM_API_KEY", "OPENAI_API_KEY"], default="EMPTY"),

@@ -108,7 +108,7 @@ class HybridChatModel(FunctionCallingLLM):
     router: RouterKind = Field("entropy", description="reward | entropy | max_prob | perturbation | local | cloud")
     threshold: float | None = Field(None, description="router threshold; None = the router's default")
     reward_head: str | None = Field(None, description="reward head file or separate reward-model folder")
-    timeout: float = Field(30.0, gt=0, description="seconds per cloud HTTP request")
+    timeout: float = Field(120.0, gt=0, description="seconds per cloud HTTP request")
     max_retries: int = Field(2, ge=0, description="retries of transient cloud errors")
     on_cloud_failure: FallbackPolicy = Field("raise", description="after retries: 'raise' or continue 'local'")
     prices: PriceTable = Field(default_factory=PriceTable, description="USD per million tokens, per call, and "
