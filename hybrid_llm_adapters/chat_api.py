@@ -213,12 +213,11 @@ class ChatRequest:
 
     # -- whole answers ----------------------------------------------------------------------------------
     def run(self) -> ChatOutput:
-        output = finish_chat(self.prepared, self.engine.generate(self.prepared.prompt_ids, self.gen))
-        if self._repeats(output):
-            prepared, gen = self._without_tools()
-            again = finish_chat(prepared, self.engine.generate(prepared.prompt_ids, gen))
-            output = self._merged(output.result, again)
-        return output
+        stream = self.stream()  # one path for whole and streamed answers (the repeated-call guard included)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
 
     async def arun(self) -> ChatOutput:
         stream = self.astream()
