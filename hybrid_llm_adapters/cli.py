@@ -143,7 +143,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     if args.action == "start":
         config = VLLMServerConfig(model=args.model, port=args.port, max_model_len=args.max_model_len,
                                   kv_cache_gib=args.kv_cache_gib)
-        status = start_server(config)
+        status = start_server(config, timeout=args.start_timeout)
         console.print(f"[green]cloud up[/green] {status.base_url} serving {status.served_models}")
     elif args.action == "stop":
         stopped = stop_server(args.port)
@@ -224,12 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("names", nargs="*", help="catalog names (default: the default SLM and cloud)")
     models.set_defaults(func=cmd_models)
 
+    from .devtools.vllm_server import START_TIMEOUT_S
+
     cloud = sub.add_parser("cloud", help="the local vLLM server standing in for the cloud")
     cloud.add_argument("action", choices=["start", "stop", "status"])
     cloud.add_argument("--model", default=DEFAULT_CLOUD_MODEL)
     cloud.add_argument("--port", type=int, default=8765)
     cloud.add_argument("--max-model-len", type=int, default=4096)
     cloud.add_argument("--kv-cache-gib", type=int, default=4)
+    cloud.add_argument("--start-timeout", type=float, default=START_TIMEOUT_S,
+                       help="seconds to wait for the server (a first start compiles for about 15 minutes)")
     cloud.set_defaults(func=cmd_cloud)
 
     from .evaluation.cli import add_evaluation_commands

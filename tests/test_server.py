@@ -30,7 +30,7 @@ TINY_PORT = 8791
 
 @pytest.fixture(scope="module")
 def server() -> ServerStatus:
-    return start_server(VLLMServerConfig(port=PORT), timeout=900, progress=False)
+    return start_server(VLLMServerConfig(port=PORT), progress=False)
 
 
 @pytest.fixture(scope="module")
