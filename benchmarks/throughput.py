@@ -3,7 +3,7 @@ block_verify modes, each at 1, 4 and 16 concurrent requests, and cloud-only vLLM
 
 On GSM8K public-split prompts, greedy. The hybrid's threshold is the entropy quantile measured on an SLM-only
 pass. Concurrent rows keep N requests in flight (their SLM steps share batched forwards); tokens/s is all
-tokens over the set's wall time. Also measures the local step's cost with and without trunk reward scoring.
+tokens over the set's wall time. Also measures the local step's cost with and without the reward head's scoring.
 
     python benchmarks/throughput.py --data data/gsm8k/test_public.jsonl
 
@@ -20,6 +20,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -114,30 +115,31 @@ def run_cloud_only(client: CloudClient, prompts: list[list[int]], n: int, concur
             "cloud_calls": calls, "cloud_calls_per_cloud_token": calls / tokens if tokens else None}
 
 
-def local_step_cost(engine: HybridEngine, ids: list[int], steps: int = 40) -> dict:
-    """Mean seconds of one SLM decode step, without and with trunk reward scoring (hidden + dot)."""
-    local = engine.local
-    weight = torch.randn(local.hidden_size)
+def local_step_cost(local: Any, ids: list[int], head: Any = None, steps: int = 40) -> dict:
+    """Median seconds of one SLM decode step, and of the shipped reward head's scoring of its candidate (the
+    function the reward router calls: logit statistics, the context hidden state, the candidate's bias), timed
+    step by step in one loop so that both see the same load."""
+    from hybrid_llm_adapters.assets import default_reward_head_path
+    from hybrid_llm_adapters.local.reward import load_head
 
-    def measure(with_reward: bool) -> float:
-        state = local.new_state(list(ids))
-        logits, _ = state.forward()
-        times = []
-        for _ in range(steps):
-            tok = int(torch.argmax(logits))
-            state.append(tok)
-            t0 = time.perf_counter()
-            logits, hidden = state.forward(need_hidden=with_reward)
-            if with_reward:
-                float(hidden @ weight)
-            times.append(time.perf_counter() - t0)
-        state.close()
-        return statistics.median(times)
-
-    measure(False)  # warm-up
-    plain, scored = measure(False), measure(True)
-    return {"median_step_s_plain": plain, "median_step_s_with_reward_head": scored,
-            "reward_overhead_ratio": scored / plain}
+    head = head or load_head(default_reward_head_path(), local.tokenizer, local.hidden_size)
+    state = local.new_state(list(ids))
+    logits, _ = state.forward()
+    step_s, score_s = [], []
+    for i in range(steps + 2):
+        state.append(int(torch.argmax(logits)))
+        t0 = time.perf_counter()
+        logits, hidden = state.forward(need_hidden=True)
+        t1 = time.perf_counter()
+        head.score(logits, int(torch.argmax(logits)), hidden)
+        t2 = time.perf_counter()
+        if i >= 2:  # warm-up
+            step_s.append(t1 - t0)
+            score_s.append(t2 - t1)
+    state.close()
+    plain, score = statistics.median(step_s), statistics.median(score_s)
+    return {"median_step_s_plain": plain, "median_score_s": score,
+            "median_step_s_with_reward_head": plain + score, "reward_overhead_ratio": (plain + score) / plain}
 
 
 def _fmt(x: float | None) -> str:
@@ -174,7 +176,7 @@ def main() -> None:
     for c in args.concurrency:
         rows.append(run_concurrent(slm_engine, prompts_for(c), gen, f"SLM-only, {c} concurrent", c))
         rows[-1]["torch_threads"] = slm_threads
-    step = local_step_cost(slm_engine, prompts[0])  # one row, SLM-only threads
+    step = local_step_cost(slm_engine.local, prompts[0])  # one row, SLM-only threads
     hybrid_threads = apply_slm_threads(server.base_url)
     hybrid = HybridEngine(local, EntropyRouter(threshold), client)
     for mode in ("replace", "block_verify"):
@@ -229,7 +231,7 @@ def main() -> None:
                                       [[t["target"], f"{t['measured']:.2f}", t["goal"], "yes" if t["met"] else "no"]
                                        for t in targets])
     table += (f"\n\nLocal SLM step (median, one row): {step['median_step_s_plain'] * 1000:.1f} ms plain, "
-              f"{step['median_step_s_with_reward_head'] * 1000:.1f} ms with the trunk reward head "
+              f"{step['median_step_s_with_reward_head'] * 1000:.1f} ms with the reward head's scoring "
               f"(x{step['reward_overhead_ratio']:.2f}). GSM8K prompts, {args.max_new_tokens} new tokens, greedy, "
               f"{os.cpu_count()} cores; torch threads as the engine sets them (docs above); run {result['date']}.")
     write_section("throughput", table, DOC)

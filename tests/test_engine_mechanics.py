@@ -133,6 +133,47 @@ def test_reward_router_rolls_back_one_token(slm, cloud_model) -> None:
             assert abs(fresh - e.score) < 0.1 * (1 + abs(fresh))
 
 
+def test_candidate_head_routes_by_its_score_without_feeding_the_candidate(slm, cloud_model) -> None:
+    """A candidate head scores the candidate from the step's logits and context hidden state: tokens below the
+    threshold come from the cloud, the others stay local, and no candidate is fed and rolled back."""
+    from hybrid_llm_adapters.local.reward import STAT_NAMES, CandidateRewardHead, candidate_stats
+
+    cloud = TransformersCloud(cloud_model)
+    manifest = RewardManifest(kind="candidate", slm="tiny", cloud="tiny-cloud",
+                              tokenizer_sha256=tokenizer_fingerprint(slm.tokenizer))
+    g = torch.Generator().manual_seed(0)
+    n, vocab = len(STAT_NAMES), slm.model.config.vocab_size
+    head = CandidateRewardHead({
+        "stat_mean": torch.zeros(n), "stat_scale": torch.ones(n), "mlp_in_weight": torch.randn(4, n, generator=g),
+        "mlp_in_bias": torch.zeros(4), "mlp_out_weight": torch.randn(4, generator=g),
+        "hidden_weight": torch.randn(slm.hidden_size, generator=g) * 0.1,
+        "token_bias": torch.randn(vocab, generator=g), "bias": torch.tensor(0.0)}, manifest)
+    alone = HybridEngine(slm, RewardRouter(head, threshold=-1e9), cloud, SELF_HOSTED)  # type: ignore[arg-type]
+    ids = prompt(alone)
+    local_scores = sorted(e.score for e in alone.generate(ids, GenerationConfig(max_new_tokens=30)).events)
+    threshold = local_scores[len(local_scores) // 2]  # about half the SLM's own tokens would go to the cloud
+    router = RewardRouter(head, threshold=threshold)
+    assert router.needs_context_hidden and not router.needs_hidden
+    engine = HybridEngine(slm, router, cloud, SELF_HOSTED)  # type: ignore[arg-type]
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=30))
+    scored = [e for e in result.events if e.score is not None]
+    assert any(e.score < threshold for e in scored) and any(e.score >= threshold for e in scored)
+    for e in scored:
+        assert (e.source == "cloud") == (e.score < threshold)
+    # the same scores from one full forward over the final text (the teacher-forced path)
+    full = ids + result.token_ids
+    with torch.inference_mode():
+        out = slm.model(input_ids=torch.tensor([full]), output_hidden_states=True)
+    for i, e in enumerate(result.events):
+        if e.score is None:
+            continue
+        pos = len(ids) + i - 1
+        cand = torch.tensor([e.candidate_id])
+        fresh = head.score_tensors(candidate_stats(out.logits[0, pos][None].float(), cand),
+                                   out.hidden_states[-1][0, pos][None].float(), cand)
+        assert abs(float(fresh) - e.score) < 0.1 * (1 + abs(e.score))
+
+
 def test_text_handover_between_different_tokenizers(tmp_path: Path, slm) -> None:
     """With no shared tokenizer the prefix goes as text and the tail is re-tokenized."""
     from tiny_models import build_tiny_model

@@ -1,17 +1,25 @@
-"""Reward-model pipeline: chunking, calibration, AUC, manifests, the shipped head, and real end-to-end training."""
+"""Reward-router pipeline: calibration, AUC, prompt sources, candidate features and head, manifests, the shipped
+head, the decoder's score, and the teacher-forced labels on the real pair."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from hybrid_llm_adapters.errors import ConfigError, ModelMismatchError
-from hybrid_llm_adapters.local.reward import LinearRewardHead, RewardManifest
+from hybrid_llm_adapters.local.reward import (
+    STAT_NAMES,
+    CandidateRewardHead,
+    LinearRewardHead,
+    RewardManifest,
+    candidate_stats,
+    load_head,
+)
 from hybrid_llm_adapters.training.calibrate import (
     activation_at,
     activation_for_budget,
@@ -20,44 +28,18 @@ from hybrid_llm_adapters.training.calibrate import (
     threshold_for_activation,
     threshold_for_target,
 )
-from hybrid_llm_adapters.training.chunks import chunk_lengths, make_chunks
-from hybrid_llm_adapters.training.evaluate import catch_rate, roc_auc
-from hybrid_llm_adapters.training.prompts import build_prompt_pool, load_code, make_prompt, split_of
+from hybrid_llm_adapters.training.prompts import (
+    EVAL_RESERVED,
+    build_prompt_pool,
+    load_code,
+    load_gsm8k,
+    load_svamp,
+    make_prompt,
+    split_of,
+)
+from hybrid_llm_adapters.training.token_head import roc_auc
 
-FIXTURE = Path(__file__).parent / "data" / "reward_pairs_small.jsonl"
-
-
-# ------------------------------------------------------------------------------------------- chunking
-
-
-def test_chunk_lengths_cover_1_to_min_and_are_distinct() -> None:
-    rng = random.Random(0)
-    for n_c, n_s in [(1, 1), (5, 3), (3, 9), (64, 40)]:
-        m = min(n_c, n_s)
-        every = chunk_lengths(n_c, n_s, k=10_000, rng=rng)
-        assert every == list(range(1, m + 1))
-        some = chunk_lengths(n_c, n_s, k=4, rng=rng)
-        assert len(some) == min(4, m) and len(set(some)) == len(some)
-        assert all(1 <= n <= m for n in some)
-        if m >= 2:
-            assert some[0] == 1 and some[-1] == m  # shortest and longest always in
-
-
-def test_make_chunks_equal_lengths_and_skip_identical_prefixes() -> None:
-    chosen = [1, 2, 3, 4, 5, 6]
-    rejected = [1, 2, 9, 9]  # identical for 2 tokens, differs from the third
-    chunks = make_chunks([(chosen, rejected), ([7, 8], [7, 8, 9])], k=100)
-    # second pair: one is a prefix of the other -> no preference, no chunk
-    assert {c.pair for c in chunks} == {0}
-    assert [c.length for c in chunks] == [3, 4]  # first_diff + 1 .. min(len) = 3..4
-    for c in chunks:
-        assert chosen[: c.length] != rejected[: c.length]
-        assert len(chosen[: c.length]) == len(rejected[: c.length]) == c.length
-
-
-def test_chunks_are_seeded() -> None:
-    pairs = [(list(range(50)), list(range(100, 130))) for _ in range(5)]
-    assert make_chunks(pairs, 6, seed=3) == make_chunks(pairs, 6, seed=3)
+DATA = Path(__file__).parent.parent / "data"
 
 
 # ---------------------------------------------------------------------------------------- calibration
@@ -94,18 +76,17 @@ def test_cost_budget_caps_activation() -> None:
     assert activation_for_budget(10.0, per_tok) == 1.0
 
 
-def test_roc_auc_and_catch_rate() -> None:
-    assert roc_auc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
-    assert roc_auc([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1]) == 0.0
-    assert roc_auc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == 0.5
-    rng = random.Random(0)
-    s = [rng.random() for _ in range(300)]
-    y = [int(rng.random() < 0.3) for _ in range(300)]
+def test_roc_auc_counts_pairs_and_ties() -> None:
+    assert roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1], bool)) == 1.0
+    assert roc_auc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1], bool)) == 0.0
+    assert roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([0, 1, 0, 1], bool)) == 0.5
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 20, 300).astype(float)  # many ties
+    y = rng.random(300) < 0.3
     # AUC is the probability that a random positive outscores a random negative (ties count half)
-    pos, neg = [a for a, t in zip(s, y) if t], [a for a, t in zip(s, y) if not t]
-    brute = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+    pos, neg = s[y], s[~y]
+    brute = ((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])).mean()
     assert roc_auc(s, y) == pytest.approx(brute)
-    assert catch_rate([0.9, 0.1, 0.8, 0.2], [1, 0, 1, 0], 0.5) == 1.0
 
 
 # ------------------------------------------------------------------------------------------- prompts
@@ -122,104 +103,192 @@ def test_prompts_dedup_split_and_no_humaneval() -> None:
         build_prompt_pool({"gsm8k": 3})
 
 
-# ------------------------------------------------------------------------------------------ manifests
+
+def test_evaluation_items_never_reach_training_prompts() -> None:
+    """The quality benchmark scores the first GSM8K / SVAMP items; the label pool starts after them."""
+    import json
+
+    gsm = [json.loads(x) for x in (DATA / "gsm8k" / "test_public.jsonl").read_text().splitlines() if x.strip()]
+    svamp = json.loads((DATA / "svamp" / "SVAMP.json").read_text())
+    train_texts = {p.text for p in load_gsm8k(DATA / "gsm8k" / "test_public.jsonl")}
+    train_texts |= {p.text for p in load_svamp(DATA / "svamp" / "SVAMP.json")}
+    assert len(train_texts) == len(gsm) - EVAL_RESERVED["gsm8k"] + len(svamp) - EVAL_RESERVED["svamp"]
+    for row in gsm[: EVAL_RESERVED["gsm8k"]]:
+        assert not any(row["question"] in t for t in train_texts)
+    for row in svamp[: EVAL_RESERVED["svamp"]]:
+        assert not any(row["Body"].strip() in t and row["Question"].strip() in t for t in train_texts)
 
 
-def test_mismatched_manifest_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+# ------------------------------------------------------------------------------------- candidate head
+
+
+def test_candidate_stats_by_hand() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.125, 0.125] + [1e-9] * 6]))
+    stats = candidate_stats(logits, torch.tensor([1]))[0]
+    s = dict(zip(STAT_NAMES, stats.tolist()))
+    assert s["candidate_logprob"] == pytest.approx(math.log(0.25), abs=1e-5)
+    assert s["candidate_log_rank"] == pytest.approx(math.log(2))  # one token above it
+    assert s["gap_to_top"] == pytest.approx(math.log(2), abs=1e-5)
+    assert s["top2_margin"] == pytest.approx(math.log(2), abs=1e-5)
+    assert s["entropy"] == pytest.approx(-(0.5 * math.log(0.5) + 0.25 * math.log(0.25) + 2 * 0.125 * math.log(0.125)),
+                                         abs=1e-4)
+    assert s["top1_logprob"] == pytest.approx(math.log(0.5), abs=1e-5)
+
+
+def _random_head(hidden: int, vocab: int, manifest: RewardManifest, seed: int = 0) -> CandidateRewardHead:
+    g = torch.Generator().manual_seed(seed)
+    n = len(STAT_NAMES)
+    return CandidateRewardHead({
+        "stat_mean": torch.randn(n, generator=g), "stat_scale": torch.rand(n, generator=g) + 0.5,
+        "mlp_in_weight": torch.randn(4, n, generator=g), "mlp_in_bias": torch.randn(4, generator=g),
+        "mlp_out_weight": torch.randn(4, generator=g), "hidden_weight": torch.randn(hidden, generator=g),
+        "token_bias": torch.randn(vocab, generator=g), "bias": torch.tensor(0.25)}, manifest)
+
+
+def test_candidate_head_saves_loads_and_scores_one_like_many(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from hybrid_llm_adapters.local.reward import tokenizer_fingerprint
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    manifest = RewardManifest(kind="candidate", slm="tiny", cloud="c", tokenizer_sha256=tokenizer_fingerprint(tok))
+    head = _random_head(16, 50, manifest)
+    path = tmp_path / "head.safetensors"
+    head.save(path)
+    again = load_head(path, tok, 16)
+    assert isinstance(again, CandidateRewardHead)
+    logits, hidden, cands = torch.randn(5, 50), torch.randn(5, 16), torch.tensor([3, 0, 49, 7, 7])
+    many = again.score_tensors(candidate_stats(logits, cands), hidden, cands)
+    one = [again.score(logits[i], int(cands[i]), hidden[i]) for i in range(5)]
+    assert many.tolist() == pytest.approx(one, abs=1e-5)
+    assert len(set(one)) == 5  # the candidate matters, not only the position
+    with pytest.raises(ModelMismatchError, match="width 16 but the SLM's hidden size is 32"):
+        load_head(path, tok, 32)
+    with pytest.raises(ModelMismatchError, match="not a trunk head"):
+        LinearRewardHead.load(path, tok)
+
+
+def test_a_head_built_for_another_pair_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    manifest = RewardManifest(kind="linear", slm="some-other-slm", cloud="some-cloud", tokenizer_sha256="0" * 64)
+    manifest = RewardManifest(kind="candidate", slm="some-other-slm", cloud="some-cloud", tokenizer_sha256="0" * 64)
     path = tmp_path / "head.safetensors"
-    LinearRewardHead(torch.ones(8), torch.tensor(0.0), manifest).save(path)
+    _random_head(16, 50, manifest).save(path)
     with pytest.raises(ModelMismatchError, match="trained for SLM 'some-other-slm'.*train-reward"):
-        LinearRewardHead.load(path, tok)
+        load_head(path, tok)
 
 
 def test_calibration_written_into_manifest(tmp_path: Path) -> None:
     from hybrid_llm_adapters.training.calibrate import write_calibration
 
     path = tmp_path / "head.safetensors"
-    manifest = RewardManifest(kind="linear", slm="s", cloud="c", tokenizer_sha256="0" * 64)
-    LinearRewardHead(torch.ones(4), torch.tensor(0.5), manifest).save(path)
+    manifest = RewardManifest(kind="candidate", slm="s", cloud="c", tokenizer_sha256="0" * 64)
+    _random_head(8, 10, manifest).save(path)
     write_calibration(path, calibration_table([0.0, 1.0, 2.0, 3.0]))
-    head = LinearRewardHead.load(path)
+    head = load_head(path)
     assert head.manifest.calibration["activation"][0] == 0.0  # type: ignore[attr-defined]
-    assert float(head.bias) == 0.5
+    assert float(head.t["bias"]) == 0.25  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------------------ real pair
 
 
 @pytest.mark.real
-def test_shipped_head_loads_and_scores(real_slm_dir: Path) -> None:
+def test_shipped_head_is_a_candidate_head_for_the_default_pair(real_slm_dir: Path) -> None:
     from hybrid_llm_adapters.assets import default_reward_head_path
     from hybrid_llm_adapters.config import RouterConfig
     from hybrid_llm_adapters.local.slm import load_local_model
     from hybrid_llm_adapters.routing import build_router
 
     path = default_reward_head_path()
-    assert path is not None and path.stat().st_size < 16_000
+    assert path is not None and path.stat().st_size < 1_000_000
     local = load_local_model(str(real_slm_dir))
-    head = LinearRewardHead.load(path, local.tokenizer, local.hidden_size)  # manifest matches the default SLM
+    head = load_head(path, local.tokenizer, local.hidden_size)  # manifest matches the default SLM
+    assert isinstance(head, CandidateRewardHead)
     assert head.manifest.slm == "qwen2.5-coder-0.5b-instruct"
     assert head.manifest.cloud == "qwen2.5-coder-1.5b-instruct"
-    router = build_router(RouterConfig(kind="reward"), local.tokenizer, local.hidden_size)
-    ids = local.tokenizer.encode("def add(a, b):\n    return a +")
-    state = local.new_state(ids)
-    logits, _ = state.forward()
-    state.append(int(logits.argmax()))
-    _, hidden = state.forward(need_hidden=True)
-    score = head.score_hidden(hidden)
-    assert isinstance(score, float) and not math.isnan(score)
-    assert getattr(router, "scorer", getattr(getattr(router, "inner", None), "scorer", None)) is not None
+    assert head.t["token_bias"].numel() >= len(local.tokenizer)
     table = getattr(head.manifest, "calibration", None)
     assert table is not None and len(table["threshold"]) == 21
+    router = build_router(RouterConfig(kind="reward", target_activation=0.2), local.tokenizer, local.hidden_size)
+    assert router.needs_context_hidden and not router.needs_hidden
 
 
 @pytest.mark.real
-def test_train_trunk_head_end_to_end_fits_its_pairs(tmp_path: Path, real_slm_dir: Path) -> None:
-    """Real SLM features + real training on a small committed set of real synthesized pairs (SLM and cloud
-    responses from the vLLM servers); held-out split by prompt. What this small set can show is that training
-    optimises the pairwise objective on real features and ships a loadable head; whether the head generalises
-    is the reward benchmark's question (80 held-out chunks cannot tell 0.59 from chance: binomial p ~ 0.06)."""
-    from hybrid_llm_adapters.training.train import TrainConfig, run_training
+def test_the_head_scores_a_token_as_the_decoder_does(real_slm_dir: Path) -> None:
+    """The decoder's score of each generated token (batched incremental forward) equals the head's score of the
+    same token from one teacher-forced forward (what training and the benchmark use), up to bf16 rounding."""
+    from transformers import AutoModelForCausalLM
 
-    rows = [json.loads(x) for x in FIXTURE.read_text().splitlines() if x.strip()]
-    assert {r["split"] for r in rows} == {"train", "heldout"}
-    out = tmp_path / "head.safetensors"
-    report = run_training(FIXTURE, out, TrainConfig(kind="trunk", seed=0), slm=str(real_slm_dir),
-                          feature_cache=tmp_path / "feats.safetensors", progress=False)
-    assert report["heldout_chunks"] >= 40 and 0.0 <= report["heldout_pairwise_accuracy"] <= 1.0
-    # the objective was optimised: the loss fell well below ln 2 (a head that learned nothing) and the head
-    # orders most training pairs (full run: loss 0.51, train accuracy 0.84)
-    assert report["final_loss"] < math.log(2) - 0.05, report
-    assert report["train_pairwise_accuracy"] >= 0.7, report
-    from transformers import AutoTokenizer
+    from hybrid_llm_adapters import GenerationConfig, HybridEngine
+    from hybrid_llm_adapters.assets import default_reward_head_path
+    from hybrid_llm_adapters.local.slm import load_local_model
+    from hybrid_llm_adapters.routing.routers import RewardRouter
+    from hybrid_llm_adapters.training.token_features import response_features
 
-    head = LinearRewardHead.load(out, AutoTokenizer.from_pretrained(str(real_slm_dir)), 896)
-    assert head.weight.shape == (896,)
+    local = load_local_model(str(real_slm_dir))
+    head = load_head(default_reward_head_path(), local.tokenizer, local.hidden_size)
+    engine = HybridEngine(local, RewardRouter(head, threshold=-1e9))  # scored, never sent anywhere
+    prompt = engine.render([{"role": "user", "content": "Write a Python function that adds two numbers."}])
+    result = engine.generate(prompt, GenerationConfig(max_new_tokens=24))
+    decoder = [e.score for e in result.events]
+    assert len(decoder) == 24 and all(s is not None for s in decoder)
+    lm = AutoModelForCausalLM.from_pretrained(str(real_slm_dir), dtype=torch.bfloat16).eval()
+    record = {"prompt_ids": prompt, "response_ids": result.token_ids, "cloud_top_ids": [[]] * 24}
+    f = response_features(lm, [record])[0]
+    forced = head.score_tensors(f["slm_stats"], f["context"], torch.tensor(result.token_ids)).tolist()  # type: ignore[union-attr]
+    assert forced == pytest.approx(decoder, abs=0.15)
+    assert np.corrcoef(forced, decoder)[0, 1] > 0.99
 
 
 @pytest.mark.real
 @pytest.mark.cloud
-def test_synth_writes_provenance_and_resumes(tmp_path: Path, real_slm_dir: Path, cloud_base_url: str,
-                                             cloud_model_name: str) -> None:
-    """Mechanics of `synth` against the real vLLM server (the cloud plays both roles here, to stay fast)."""
+def test_labels_by_teacher_forcing_on_a_hand_checked_example(real_slm_dir: Path, cloud_base_url: str,
+                                                            cloud_model_name: str) -> None:
+    """'What is 2 + 3?': the cloud's argmax at the first answer position is '5'; the SLM token '5' agrees, a
+    wrong '7' is a disagreement that matters (far below the cloud's top), and after '5' the cloud ends."""
     from transformers import AutoTokenizer
 
-    from hybrid_llm_adapters.training.synth import Endpoint, SynthConfig, read_pairs, synthesize
+    from hybrid_llm_adapters.chat import render_chat
+    from hybrid_llm_adapters.training.labels import Endpoint, client_for, label_tokens
 
     tok = AutoTokenizer.from_pretrained(str(real_slm_dir))
+    prompt = render_chat(tok, [{"role": "user", "content": "What is 2 + 3? Reply with only the number."}])
+    five, seven = tok.convert_tokens_to_ids("5"), tok.convert_tokens_to_ids("7")
+    client = client_for(Endpoint(base_url=cloud_base_url, model=cloud_model_name))
+    right = label_tokens(client, prompt, [five, tok.eos_token_id])
+    assert right["cloud_top_ids"][0][0] == five and right["cloud_top_ids"][1][0] == tok.eos_token_id
+    assert right["cloud_logprob_of_slm"][0] == right["cloud_top_logprobs"][0][0]
+    wrong = label_tokens(client, prompt, [seven, tok.eos_token_id])
+    assert wrong["cloud_top_ids"][0][0] == five != seven
+    assert wrong["cloud_logprob_of_slm"][0] < wrong["cloud_top_logprobs"][0][0] - 1.0
+    assert wrong["cloud_prompt_tokens"] == len(prompt) + 2
+
+
+@pytest.mark.real
+@pytest.mark.cloud
+def test_label_run_records_provenance_and_resumes(tmp_path: Path, real_slm_dir: Path, cloud_base_url: str,
+                                                  cloud_model_name: str) -> None:
+    from hybrid_llm_adapters.config import RouterConfig
+    from hybrid_llm_adapters.engine import EngineConfig, HybridEngine
+    from hybrid_llm_adapters.training.labels import Endpoint, LabelConfig, build_labels, read_labels
+
+    engine = HybridEngine.from_config(EngineConfig(slm=str(real_slm_dir), router=RouterConfig(kind="local")))
     ep = Endpoint(base_url=cloud_base_url, model=cloud_model_name)
-    prompts = load_code()[:3] + load_code()[:1]  # a duplicate
-    out = tmp_path / "pairs.jsonl"
-    cfg = SynthConfig(max_tokens=6, concurrency=4)
-    first = synthesize(prompts, tok, ep, ep, out, cfg, progress=False)
-    assert first["written"] == 3
-    again = synthesize(prompts, tok, ep, ep, out, cfg, progress=False)
-    assert again["written"] == 0 and again["skipped_done"] == 3
-    for r in read_pairs(out):
-        assert 1 <= len(r["cloud_ids"]) <= 7 and 1 <= len(r["slm_ids"]) <= 7  # + EOS when stopped
-        assert 0.2 <= r["cloud_temperature"] <= 1.0 and 0.8 <= r["slm_top_p"] <= 1.0
+    prompts = load_code()[:2] + load_code()[:1]  # a duplicate is one prompt
+    out = tmp_path / "labels.jsonl"
+    cfg = LabelConfig(max_tokens=6, sampled_per_prompt=1, concurrency=4)
+    first = build_labels(prompts[:2], engine, ep, out, cfg, progress=False)
+    assert first["written"] == 4 and first["failed"] == 0
+    again = build_labels(prompts, engine, ep, out, cfg, progress=False)
+    assert again["written"] == 0 and again["skipped_done"] == 4
+    rows = read_labels(out)
+    assert sorted(r["variant"] for r in rows) == ["greedy", "greedy", "sample1", "sample1"]
+    for r in rows:
+        n = len(r["response_ids"])
+        assert 1 <= n <= 7 and len(r["cloud_top_ids"]) == len(r["cloud_logprob_of_slm"]) == n
         assert r["source"] == "code" and r["split"] in ("train", "heldout")
+        assert {r["split"] for x in rows if x["prompt_id"] == r["prompt_id"]} == {r["split"]}
+        if r["variant"] == "sample1":
+            assert 0.3 <= r["temperature"] <= 1.1 and 0.8 <= r["top_p"] <= 1.0 and r["seed"] is not None

@@ -228,7 +228,8 @@ class CloudClient:
         positions = [t.top_logprobs for t in tokens[len(prefix):n]]
         bonus = tokens[n] if len(tokens) > n else CloudToken("", None, "stop")
         bonus.finish_reason = choice.finish_reason
-        return BlockScore(positions, bonus, parse_usage(response), latency)
+        return BlockScore(positions, bonus, parse_usage(response), latency,
+                          [t.logprob for t in tokens[len(prefix):n]])
 
     # -- plumbing ---------------------------------------------------------------------------------------
 

@@ -66,6 +66,7 @@ class BlockScore:
     bonus: CloudToken
     usage: CallUsage
     latency_s: float
+    draft_logprobs: list[float | None] = field(default_factory=list)  # the cloud's logprob of each draft
 
 
 @dataclass

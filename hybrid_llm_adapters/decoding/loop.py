@@ -189,7 +189,7 @@ class RequestDecoder:
         return self.strategy.handle(p)
 
     def _propose(self) -> Proposal:
-        logits, _ = self.state.forward()
+        logits, context_hidden = self.state.forward(need_hidden=self.router.needs_context_hidden)
         probs = None if self.gen.greedy else warp(logits, self.gen)
         candidate = choose(logits, self.gen, self.rng)
         fed = False
@@ -199,7 +199,7 @@ class RequestDecoder:
             fed = True
             _, hidden = self.state.forward(need_hidden=True)
         ids = self.state.ids if fed else self.state.ids + [candidate]
-        step = RouterStep(logits, candidate, ids, hidden, self.scorer_state, self.gen)
+        step = RouterStep(logits, candidate, ids, hidden, context_hidden, self.scorer_state, self.gen)
         score = self.router.score(step)
         want_cloud = self.router.use_cloud(score, step)
         if not want_cloud and self.cloud is not None and (self.produced_total < (self.gen.decision_tokens or 0)

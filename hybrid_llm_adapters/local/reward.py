@@ -1,6 +1,11 @@
 """Reward scorers: how well an SLM token agrees with the cloud LLM (higher = keep it local).
 
-Two kinds, as DESIGN.md asks:
+Three kinds:
+- ``CandidateRewardHead`` (the default): scores the candidate where it is chosen, from what the decoder already
+  has at that step: the SLM's logits there (the candidate's log-probability and rank, entropy, top-2 margin,
+  the sorted top-k), the hidden state of that position, and the candidate's embedding. No extra forward: the
+  score costs one log-softmax, a top-k and a few dot products. Trained on token labels by teacher forcing
+  (:mod:`hybrid_llm_adapters.training.labels`); its score is the log-odds that the cloud keeps the SLM's token.
 - ``LinearRewardHead``: a linear head on the SLM's own last hidden state. The hidden state of a candidate
   comes out of the forward pass that also yields the next logits, so scoring costs one dot product.
 - ``SeparateRewardModel``: the paper's choice, a sequence-classification LM with its own KV cache
@@ -50,10 +55,94 @@ def check_manifest(manifest: RewardManifest, tokenizer: object, where: str) -> N
         )
 
 
+TOP_K_STATS = 8
+STAT_NAMES = ("candidate_logprob", "candidate_log_rank", "gap_to_top", "entropy", "top2_margin",
+              *(f"top{i + 1}_logprob" for i in range(TOP_K_STATS)))
+
+
+def candidate_stats(logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Uncertainty features of each candidate under the SLM's logits at its position.
+
+    ``logits``: [..., vocab] raw next-token logits; ``candidates``: [...] token ids. Returns [..., len(STAT_NAMES)]
+    float32. One function serves decoding and training, so a head scores a token alike in both.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    cand = logp.gather(-1, candidates.long().unsqueeze(-1)).squeeze(-1)
+    rank = (logp > cand.unsqueeze(-1)).sum(-1).float()
+    top = logp.topk(TOP_K_STATS, dim=-1).values
+    entropy = -(logp.exp() * logp).sum(-1)
+    return torch.stack([cand, torch.log1p(rank), top[..., 0] - cand, entropy, top[..., 0] - top[..., 1],
+                        *top.unbind(-1)], dim=-1)
+
+
+class CandidateRewardHead:
+    """score = mlp(standardized stats) + w . h_ctx + token_bias[candidate] + b.
+
+    ``h_ctx`` is the SLM's final hidden state of the position whose logits chose the candidate (the state the
+    decoder holds before feeding it); ``token_bias`` is the candidate's embedding times a learned vector,
+    folded into one number per vocabulary entry. Higher = the cloud agrees with the SLM's token.
+    """
+
+
+    def __init__(self, tensors: dict[str, torch.Tensor], manifest: RewardManifest):
+        self.t = {k: v.float() for k, v in tensors.items()}
+        self.manifest = manifest
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.t["hidden_weight"].numel())
+
+    def score_tensors(self, stats: torch.Tensor, hidden: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Scores of a batch: stats [n, S], hidden [n, H], candidates [n]."""
+        t = self.t
+        z = (stats.float() - t["stat_mean"]) / t["stat_scale"]
+        mlp = torch.tanh(z @ t["mlp_in_weight"].T + t["mlp_in_bias"]) @ t["mlp_out_weight"]
+        return mlp + hidden.float() @ t["hidden_weight"] + t["token_bias"][candidates.long()] + t["bias"]
+
+    def score(self, logits: torch.Tensor, candidate: int, hidden: torch.Tensor) -> float:
+        c = torch.tensor([candidate])
+        return float(self.score_tensors(candidate_stats(logits[None], c), hidden[None], c)[0])
+
+    def save(self, path: str | Path) -> None:
+        meta = {"manifest": self.manifest.model_dump_json()}
+        save_file({k: v.contiguous() for k, v in self.t.items()}, str(path), metadata=meta)
+
+
+def read_manifest(path: str | Path) -> RewardManifest:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "manifest" not in meta:
+        raise ModelMismatchError(f"{path} has no reward manifest; it was not written by this package's trainer.")
+    return RewardManifest.model_validate_json(meta["manifest"])
+
+
+def load_head(path: str | Path, tokenizer: object | None = None, hidden_size: int | None = None
+              ) -> LinearRewardHead | CandidateRewardHead:
+    """A head file of either kind, checked against the SLM's tokenizer and width."""
+    manifest = read_manifest(path)
+    if tokenizer is not None:
+        check_manifest(manifest, tokenizer, str(path))
+    tensors = load_file(str(path))
+    head: LinearRewardHead | CandidateRewardHead
+    if manifest.kind == "candidate":
+        head = CandidateRewardHead(tensors, manifest)
+        width = head.hidden_size
+    else:
+        head = LinearRewardHead(tensors["weight"], tensors["bias"], manifest)
+        width = head.weight.numel()
+    if hidden_size is not None and width != hidden_size:
+        raise ModelMismatchError(
+            f"reward head {path} has width {width} but the SLM's hidden size is {hidden_size}; "
+            "use a head trained on this SLM."
+        )
+    return head
+
+
 class LinearRewardHead:
     """score = w . h + b on the SLM's last hidden state of the candidate token."""
 
-    uses_slm_hidden = True
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, manifest: RewardManifest):
         self.weight = weight.float().reshape(-1)
@@ -69,29 +158,15 @@ class LinearRewardHead:
 
     @classmethod
     def load(cls, path: str | Path, tokenizer: object | None = None, hidden_size: int | None = None) -> LinearRewardHead:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if "manifest" not in meta:
-            raise ModelMismatchError(f"{path} has no reward manifest; it was not written by LinearRewardHead.save.")
-        manifest = RewardManifest.model_validate_json(meta["manifest"])
-        if tokenizer is not None:
-            check_manifest(manifest, tokenizer, str(path))
-        tensors = load_file(str(path))
-        head = cls(tensors["weight"], tensors["bias"], manifest)
-        if hidden_size is not None and head.weight.numel() != hidden_size:
-            raise ModelMismatchError(
-                f"reward head {path} has width {head.weight.numel()} but the SLM's hidden size is {hidden_size}; "
-                "use a head trained on this SLM."
-            )
+        head = load_head(path, tokenizer, hidden_size)
+        if not isinstance(head, LinearRewardHead):
+            raise ModelMismatchError(f"{path} holds a {head.manifest.kind!r} head, not a trunk head.")
         return head
 
 
 class SeparateRewardModel:
     """A sequence-classification LM scoring every position, with its own roll-back-able KV cache."""
 
-    uses_slm_hidden = False
 
     def __init__(self, path: str | Path, tokenizer: object | None = None):
         from transformers import AutoModelForSequenceClassification

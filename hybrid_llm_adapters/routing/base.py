@@ -13,14 +13,16 @@ class RouterStep:
     """What a router may look at for one candidate.
 
     ``logits`` are the SLM's raw next-token logits at the candidate's position. ``hidden`` is the SLM's last
-    hidden state of the candidate itself (only computed when ``Router.needs_hidden``), ``ids`` the sequence
-    including the candidate.
+    hidden state of the candidate itself (only computed when ``Router.needs_hidden``), ``context_hidden`` the
+    one of the position whose logits chose it (when ``Router.needs_context_hidden``; it costs nothing extra),
+    ``ids`` the sequence including the candidate.
     """
 
     logits: torch.Tensor
     candidate_id: int
     ids: list[int]
     hidden: torch.Tensor | None = None
+    context_hidden: torch.Tensor | None = None
     scorer_state: Any = None
     gen: Any = None  # the request's GenerationConfig
 
@@ -36,6 +38,7 @@ class Router:
     needs_slm: bool = True
     one_request: bool = False  # always-cloud as one streamed completion, not a call per token
     needs_hidden: bool = False
+    needs_context_hidden: bool = False
     name: str = "router"
     threshold: float | None = None
     higher_is_uncertain: bool = True  # orientation of ``score`` (False for reward and max-prob)

@@ -41,6 +41,7 @@ class BudgetRouter(Router):
         self.prices = prices or PriceTable()
         self.name = f"budget({inner.name})"
         self.needs_hidden = inner.needs_hidden
+        self.needs_context_hidden = inner.needs_context_hidden
         self.threshold = inner.threshold
 
     def describe(self) -> dict[str, Any]:

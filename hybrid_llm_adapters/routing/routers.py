@@ -9,7 +9,7 @@ import torch
 
 from ..config import PriceTable, RouterConfig
 from ..errors import ConfigError, ModelMismatchError
-from ..local.reward import LinearRewardHead, SeparateRewardModel
+from ..local.reward import CandidateRewardHead, LinearRewardHead, SeparateRewardModel, load_head
 from .base import Router, RouterStep
 from .budget import BudgetRouter
 from .uhlm import PerturbationRouter
@@ -79,15 +79,19 @@ class RewardRouter(Router):
     name = "reward"
     higher_is_uncertain = False
 
-    def __init__(self, scorer: LinearRewardHead | SeparateRewardModel, threshold: float):
+    def __init__(self, scorer: CandidateRewardHead | LinearRewardHead | SeparateRewardModel, threshold: float):
         self.scorer = scorer
         self.threshold = threshold
         self.needs_hidden = isinstance(scorer, LinearRewardHead)
+        self.needs_context_hidden = isinstance(scorer, CandidateRewardHead)
 
     def new_scorer_state(self) -> Any:
         return self.scorer.new_state() if isinstance(self.scorer, SeparateRewardModel) else None
 
     def score(self, step: RouterStep) -> float:
+        if isinstance(self.scorer, CandidateRewardHead):
+            assert step.context_hidden is not None
+            return self.scorer.score(step.logits, step.candidate_id, step.context_hidden)
         if isinstance(self.scorer, LinearRewardHead):
             assert step.hidden is not None
             return self.scorer.score_hidden(step.hidden)
@@ -97,12 +101,13 @@ class RewardRouter(Router):
         return score is not None and score < self.threshold  # type: ignore[operator]
 
 
-def load_reward_scorer(path: str | Path, tokenizer: object, hidden_size: int) -> LinearRewardHead | SeparateRewardModel:
+def load_reward_scorer(path: str | Path, tokenizer: object, hidden_size: int
+                       ) -> CandidateRewardHead | LinearRewardHead | SeparateRewardModel:
     path = Path(path)
     if path.is_dir():
         return SeparateRewardModel(path, tokenizer)
     if path.suffix == ".safetensors" and path.exists():
-        return LinearRewardHead.load(path, tokenizer, hidden_size)
+        return load_head(path, tokenizer, hidden_size)
     raise ConfigError(
         f"reward_head={str(path)!r} is neither a .safetensors head file nor a reward-model folder; "
         "pass the file written by `hybrid-llm train-reward`, or leave it unset for the shipped default head."

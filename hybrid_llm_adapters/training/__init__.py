@@ -1,13 +1,14 @@
-"""Reward-model pipeline (DESIGN.md method 1, arXiv 2409.13757): data synthesis, chunking, training, calibration.
+"""Reward-router pipeline (DESIGN.md method 1, arXiv 2409.13757): token labels by teacher forcing, features,
+training, calibration.
 
-- :mod:`.prompts`   prompt sources (GSM8K, SVAMP, MMLU, chit-chat, own code tasks; never HumanEval)
-- :mod:`.synth`     paired SLM / cloud responses via OpenAI-compatible endpoints (resumable JSONL)
-- :mod:`.chunks`    equal-length chunk pairs, lengths 1..min(len)
-- :mod:`.features`  SLM hidden states computed once, cached in safetensors
-- :mod:`.train`     trunk head (linear on the SLM's hidden state) and separate RM (0.5B, top layers tuned)
-- :mod:`.evaluate`  per-token ROC AUC vs SLM entropy / max-probability on held-out prompts
-- :mod:`.calibrate` threshold <-> activation ratio (and cost budget)
+- :mod:`.prompts`         prompt sources (GSM8K and SVAMP past their evaluation items, MMLU, chit-chat, own
+                          code tasks; never HumanEval)
+- :mod:`.labels`          SLM responses (greedy and sampled) scored by the cloud in one echo call each
+- :mod:`.token_features`  what the decoder sees at each response token, from one teacher-forced SLM forward
+- :mod:`.token_head`      the candidate head (token and pair terms, cross-validated by prompt)
+- :mod:`.separate_model`  the paper's separate reward model on the same labels (0.5B, top layers tuned)
+- :mod:`.calibrate`       threshold <-> activation ratio (and cost budget)
 
-CLI: ``hybrid-llm synth``, ``hybrid-llm train-reward``, ``hybrid-llm calibrate``; the whole run with its
-results: ``benchmarks/reward_model.py``.
+CLI: ``hybrid-llm label``, ``hybrid-llm train-reward``, ``hybrid-llm calibrate``; the whole run with its
+results: ``benchmarks/reward_model.py`` (``make reward``).
 """

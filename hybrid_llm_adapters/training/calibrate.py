@@ -99,7 +99,7 @@ def sweep(scores: list[float], labels: list[int] | None = None) -> list[dict[str
 
 def write_calibration(head_path: str | Path, calibration: dict[str, Any]) -> None:
     """Store ``calibration`` in a reward scorer's manifest (trunk .safetensors file or separate folder)."""
-    from ..local.reward import LinearRewardHead, RewardManifest
+    from ..local.reward import RewardManifest, load_head
 
     path = Path(head_path)
     if path.is_dir():
@@ -108,7 +108,7 @@ def write_calibration(head_path: str | Path, calibration: dict[str, Any]) -> Non
         manifest.calibration = calibration
         mf.write_text(manifest.model_dump_json(indent=2))
         return
-    head = LinearRewardHead.load(path)
+    head = load_head(path)
     head.manifest.calibration = calibration
     head.save(path)
 
