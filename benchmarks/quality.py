@@ -35,7 +35,7 @@ RESULTS = HERE / "results"
 DEFAULT_GSM8K = HERE.parent / "data" / "gsm8k" / "test_public.jsonl"
 ENTROPY_30 = 0.659  # entropy threshold that sent ~30 % of tokens to the cloud in benchmarks/throughput.py
 PERTURBATION = 0.15  # U-HLM threshold that gave ~35 % activation in benchmarks/uncertainty_sweep.py
-REWARD_ACTIVATIONS = (0.15, 0.3, 0.5)  # reward thresholds read from the shipped head's calibration table
+REWARD_ACTIVATIONS = (0.1, 0.2, 0.3)  # reward thresholds read from the shipped head's calibration table
 
 
 def reward_thresholds() -> list[float]:

@@ -77,7 +77,7 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     """Register label / train-reward / calibrate."""
     lab = sub.add_parser("label", help="token labels by teacher forcing: SLM responses scored by the cloud")
     lab.add_argument("--out", required=True, type=Path, help="JSONL file (appended; reruns resume)")
-    _add_prompt_sources(lab, "gsm8k=45,svamp=30,mmlu=35,chitchat=30,code=30")
+    _add_prompt_sources(lab, "gsm8k=65,svamp=45,mmlu=50,chitchat=45,code=40")
     lab.add_argument("--max-tokens", type=int, default=256)
     lab.add_argument("--sampled-per-prompt", type=int, default=1)
     lab.add_argument("--concurrency", type=int, default=16, help="responses in flight (one SLM batch)")
