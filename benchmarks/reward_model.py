@@ -12,6 +12,8 @@
    the activation table is stored in the head's manifest; `--ship` copies the head into the package.
 
     python benchmarks/reward_model.py --labels .cache/reward/labels.jsonl --work .cache/reward --ship
+    python benchmarks/reward_model.py --labels benchmarks/results/reward/labels.jsonl.gz --work .cache/reward
+        # the committed labels of the published run (no cloud needed)
 
 Writes benchmarks/results/reward_model.json and the table in docs/reward.md.
 """
@@ -182,6 +184,11 @@ def main() -> None:
     realised = {f"{a:.0%}": {"threshold": th, "greedy": activation_at(greedy_scores, th),
                              "all_heldout": activation_at(head_scores.tolist(), th)}
                 for a, th in zip(table["activation"], table["threshold"]) if a in ACTIVATIONS}
+    # the other routers' thresholds for the same shares on the same text (for matched-activation comparisons)
+    ent = held.slm_stats[:, ENTROPY].numpy()[greedy_mask]
+    top1 = np.exp(held.slm_stats[:, TOP1].numpy()[greedy_mask])
+    matched = {f"{a:.0%}": {"reward": float(np.quantile(greedy_scores, a)), "entropy": float(np.quantile(ent, 1 - a)),
+                            "max_prob": float(np.quantile(top1, a))} for a in ACTIVATIONS}
     shipped = None
     if args.ship:
         from hybrid_llm_adapters.assets import DEFAULT_HEAD_FILE
@@ -206,7 +213,8 @@ def main() -> None:
         "separate": separate,
         "per_token_heldout": per_token, "per_token_heldout_greedy": per_token_greedy,
         "head_minus_max_prob": {"bootstrap_resamples": args.bootstrap, "unit": "prompt", **boot},
-        "step_cost": step_cost, "calibration": realised, "shipped_head": str(shipped.name) if shipped else None,
+        "step_cost": step_cost, "calibration": realised, "matched_thresholds_greedy_heldout": matched,
+        "activation_at_threshold_0_greedy_heldout": activation_at(greedy_scores, 0.0), "shipped_head": str(shipped.name) if shipped else None,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -235,7 +243,9 @@ def render(r: dict) -> str:
             f"{he['disagreements_that_matter']} that matter). Sources: "
             f"{', '.join(f'{k} {v}' for k, v in Counter({**tr['by_source']}).items())} (train responses). "
             f"Head chosen by cross-validation: weight decay {r['fit']['weight_decay']:g}, pair weight "
-            f"{r['fit']['pair_weight']:g}. SLM features {r['feature_seconds']:.0f} s, fit {r['fit_seconds']:.0f} s. "
+            f"{r['fit']['pair_weight']:g}. SLM features: "
+            + (f"{r['feature_seconds']:.0f} s" if r["feature_seconds"] > 30 else "read from the cache of an earlier run")
+            + f", fit {r['fit_seconds']:.0f} s. "
             f"Scoring cost: one SLM step {r['step_cost']['median_step_s_plain'] * 1000:.1f} ms, with the head's "
             f"scoring {r['step_cost']['median_step_s_with_reward_head'] * 1000:.1f} ms "
             f"(x{r['step_cost']['reward_overhead_ratio']:.3f}).")

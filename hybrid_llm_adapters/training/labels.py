@@ -131,7 +131,12 @@ def done_keys(out: Path) -> set[tuple[str, str]]:
 
 
 def read_labels(path: str | Path, split: str | None = None) -> list[dict[str, Any]]:
-    rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    """Label records of a JSONL file (gzip-compressed when the name ends in .gz, as the committed run is)."""
+    import gzip
+
+    path = Path(path)
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    rows = [json.loads(x) for x in text.splitlines() if x.strip()]
     return [r for r in rows if split is None or r["split"] == split]
 
 

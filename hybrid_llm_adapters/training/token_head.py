@@ -33,8 +33,8 @@ class HeadConfig(BaseModel):
     hidden_units: int = Field(32, ge=1, description="width of the MLP on the logit statistics")
     steps: int = Field(400, ge=1, description="full-batch Adam steps")
     lr: float = 0.02
-    weight_decay_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
-    pair_weight_grid: tuple[float, ...] = (0.0, 0.5)
+    weight_decay_grid: tuple[float, ...] = (1e-3, 1e-2, 3e-2, 1e-1)
+    pair_weight_grid: tuple[float, ...] = (0.0, 0.25)
     folds: int = Field(3, ge=2)
     seed: int = 0
 
