@@ -216,20 +216,24 @@ def test_shipped_head_is_a_candidate_head_for_the_default_pair(real_slm_dir: Pat
 
 
 @pytest.mark.real
-def test_the_head_scores_a_token_as_the_decoder_does(real_slm_dir: Path) -> None:
+@pytest.mark.cloud
+def test_the_head_scores_a_token_as_the_decoder_does(real_slm_dir: Path, cloud_base_url: str,
+                                                     cloud_model_name: str) -> None:
     """The decoder's score of each generated token (batched incremental forward) equals the head's score of the
     same token from one teacher-forced forward (what training and the benchmark use), up to bf16 rounding."""
     from transformers import AutoModelForCausalLM
 
-    from hybrid_llm_adapters import GenerationConfig, HybridEngine
+    from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine
     from hybrid_llm_adapters.assets import default_reward_head_path
+    from hybrid_llm_adapters.cloud.client import CloudClient
     from hybrid_llm_adapters.local.slm import load_local_model
     from hybrid_llm_adapters.routing.routers import RewardRouter
     from hybrid_llm_adapters.training.token_features import response_features
 
     local = load_local_model(str(real_slm_dir))
     head = load_head(default_reward_head_path(), local.tokenizer, local.hidden_size)
-    engine = HybridEngine(local, RewardRouter(head, threshold=-1e9))  # scored, never sent anywhere
+    cloud = CloudClient(CloudConfig(base_url=cloud_base_url, model=cloud_model_name))
+    engine = HybridEngine(local, RewardRouter(head, threshold=-1e9), cloud)  # every token scored, none sent
     prompt = engine.render([{"role": "user", "content": "Write a Python function that adds two numbers."}])
     result = engine.generate(prompt, GenerationConfig(max_new_tokens=24))
     decoder = [e.score for e in result.events]
@@ -292,3 +296,28 @@ def test_label_run_records_provenance_and_resumes(tmp_path: Path, real_slm_dir: 
         assert {r["split"] for x in rows if x["prompt_id"] == r["prompt_id"]} == {r["split"]}
         if r["variant"] == "sample1":
             assert 0.3 <= r["temperature"] <= 1.1 and 0.8 <= r["top_p"] <= 1.0 and r["seed"] is not None
+
+
+@pytest.mark.real
+def test_train_reward_cli_fits_a_loadable_head_on_committed_labels(tmp_path: Path, real_slm_dir: Path) -> None:
+    """`hybrid-llm train-reward` on a slice of the committed teacher-forced labels: the head it writes loads for
+    the real SLM and ranks its own training tokens' disagreements well above chance."""
+    import gzip
+
+    from hybrid_llm_adapters.cli import main
+    from hybrid_llm_adapters.training.token_features import load_labelled
+    from hybrid_llm_adapters.training.token_head import token_set
+
+    committed = Path(__file__).parent.parent / "benchmarks" / "results" / "reward" / "labels.jsonl.gz"
+    lines = gzip.decompress(committed.read_bytes()).decode().splitlines()
+    train = [x for x in lines if '"split": "train"' in x][:12]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("\n".join(train) + "\n")
+    out, cache = tmp_path / "head.safetensors", tmp_path / "feats.safetensors"
+    assert main(["train-reward", "--labels", str(labels), "--feature-cache", str(cache), "--out", str(out),
+                 "--slm-dir", str(real_slm_dir)]) == 0
+    lm, tok, records, store = load_labelled(labels, cache, str(real_slm_dir), progress=False)
+    head = load_head(out, tok, lm.config.hidden_size)
+    data = token_set(records, store)
+    scores = head.score_tensors(data.slm_stats, data.context, data.slm_token).numpy()  # type: ignore[union-attr]
+    assert len(data) > 1000 and roc_auc(-scores, (data.agree < 0.5).numpy()) > 0.85
