@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from ..chat import render_chat
 from ..cloud.client import CloudClient
@@ -41,7 +41,7 @@ class Endpoint(BaseModel):
 
     base_url: str
     model: str
-    api_key: str = "EMPTY"
+    api_key: SecretStr = SecretStr("EMPTY")
     timeout: float = 600.0
 
 

