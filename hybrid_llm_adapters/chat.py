@@ -100,13 +100,20 @@ def forced_tool_prefix(tool_choice: str | None, tool_names: list[str], no_argume
 
 def tool_call_from(obj: dict[str, Any]) -> ParsedToolCall:
     """One parsed call object; arguments may come as ``arguments`` or ``parameters``, as a dict or as a JSON
-    string (a string that is not JSON is kept whole under ``input``)."""
+    string (a string that is not JSON is kept whole under ``input``).
+
+    A call whose arguments are the call itself again (``{"name": T, "arguments": {"name": T, "arguments":
+    {...}}}``) is unwrapped: after a forced prefix that ends at ``"arguments":``, the 0.5B SLM has been seen to
+    write the whole call object once more (LlamaIndex ``structured_predict``)."""
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):
         try:
             args = json.loads(args)
         except json.JSONDecodeError:
             args = {"input": args}
+    if (isinstance(args, dict) and set(args) == {"name", "arguments"} and args["name"] == obj["name"]
+            and isinstance(args["arguments"], dict)):
+        args = args["arguments"]
     return ParsedToolCall(name=str(obj["name"]), arguments=args if isinstance(args, dict) else {})
 
 

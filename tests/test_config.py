@@ -84,6 +84,12 @@ def test_tool_call_parsing() -> None:
     content, calls = parse_tool_calls('<tool_call>\n{"name": "f", "arguments": "{\\"x\\": 3}"}')
     assert calls[0].arguments == {"x": 3} and content == ""
     assert parse_tool_calls("no tools here") == ("no tools here", [])
+    # the call object written again inside its own arguments (seen after a forced prefix) is unwrapped ...
+    nested = '<tool_call>\n{"name": "Person", "arguments": {"name": "Person", "arguments": {"name": "Ada", "age": 36}}}'
+    assert parse_tool_calls(nested)[1][0].arguments == {"name": "Ada", "age": 36}
+    # ... but real parameters called name and arguments are not
+    real = '<tool_call>\n{"name": "run", "arguments": {"name": "build", "arguments": {"j": 2}}}'
+    assert parse_tool_calls(real)[1][0].arguments == {"name": "build", "arguments": {"j": 2}}
 
 
 def test_forced_tool_prefix() -> None:
