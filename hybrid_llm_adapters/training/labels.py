@@ -118,6 +118,16 @@ def label_tokens(client: CloudClient, prompt_ids: list[int], response_ids: list[
             "cloud_prompt_tokens": score.usage.prompt_tokens}
 
 
+def cloud_argmax(record: dict[str, Any]) -> list[int]:
+    """The cloud's top token at each response position (the SLM's own token where the cloud gave none)."""
+    return [top[0] if top else tok for tok, top in zip(record["response_ids"], record["cloud_top_ids"])]
+
+
+def agreement(record: dict[str, Any]) -> list[bool]:
+    """Per response token: is the cloud's top token the SLM's (keep it local)?"""
+    return [a == t for a, t in zip(cloud_argmax(record), record["response_ids"])]
+
+
 def done_keys(out: Path) -> set[tuple[str, str]]:
     seen: set[tuple[str, str]] = set()
     if out.exists():
@@ -184,7 +194,7 @@ def build_labels(prompts: list[Prompt], engine: Any, cloud: Endpoint, out: str |
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
             tokens += len(rec["response_ids"])
-            disagreements += sum(t != top[0] for t, top in zip(rec["response_ids"], rec["cloud_top_ids"]) if top)
+            disagreements += agreement(rec).count(False)
             bar.set_postfix(tokens=tokens, disagree=disagreements)
     return {"written": len(todo) - len(errors), "skipped_done": len(done), "tokens": tokens,
             "disagreements": disagreements, "failed": len(errors), "errors": errors[:5],

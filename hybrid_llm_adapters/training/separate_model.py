@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from ..local.reward import RewardManifest
-from .token_features import cloud_argmax, key
+from .labels import agreement
+from .token_features import key
 
 
 class SeparateConfig(BaseModel):
@@ -69,10 +70,6 @@ def response_scores(top: TopLayers, store: dict[str, torch.Tensor], record: dict
     return top(mid[None])[0, p : p + len(record["response_ids"])]
 
 
-def agree_labels(record: dict[str, Any]) -> torch.Tensor:
-    return torch.tensor([float(a == t) for a, t in zip(cloud_argmax(record), record["response_ids"])])
-
-
 def train_separate(records: list[dict[str, Any]], store: dict[str, torch.Tensor], seq_model: Any,
                    cfg: SeparateConfig, progress: bool = True) -> tuple[TopLayers, dict[str, Any]]:
     from tqdm.auto import tqdm
@@ -101,12 +98,12 @@ def train_separate(records: list[dict[str, Any]], store: dict[str, torch.Tensor]
             rng.shuffle(order)
             for i in order:
                 loss = F.binary_cross_entropy_with_logits(response_scores(top, store, records[i], k),
-                                                          agree_labels(records[i]))
+                                                          torch.tensor(agreement(records[i]), dtype=torch.float32))
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     top.eval()

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..local.reward import candidate_stats
+from .labels import cloud_argmax
 
 NAMES = ("context", "fed", "slm_stats", "alt_stats")
 
@@ -46,11 +47,6 @@ def capture_layer_input(model: Any, layer_index: int) -> Iterator[list[torch.Ten
 
 def key(record: dict[str, Any]) -> str:
     return f"{record['prompt_id']}/{record['variant']}"
-
-
-def cloud_argmax(record: dict[str, Any]) -> list[int]:
-    """The cloud's top token at each response position (the SLM's own token where the cloud gave none)."""
-    return [top[0] if top else tok for tok, top in zip(record["response_ids"], record["cloud_top_ids"])]
 
 
 def response_features(model: Any, records: list[dict[str, Any]], mid_layers: int = 0

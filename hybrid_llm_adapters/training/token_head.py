@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from ..local.reward import STAT_NAMES, CandidateRewardHead, RewardManifest
-from .token_features import cloud_argmax, key
+from .labels import agreement, cloud_argmax
+from .token_features import key
 
 
 class HeadConfig(BaseModel):
@@ -74,7 +75,7 @@ def token_set(records: list[dict[str, Any]], store: dict[str, torch.Tensor]) -> 
         parts["fed"].append(store[f"{k}/fed"])
         parts["slm_token"].append(torch.tensor(r["response_ids"]))
         parts["alt_token"].append(torch.tensor(alt))
-        parts["agree"].append(torch.tensor([float(a == t) for a, t in zip(alt, r["response_ids"])]))
+        parts["agree"].append(torch.tensor(agreement(r), dtype=torch.float32))
         matters = []
         for tok, top_ids, top_lps, own in zip(r["response_ids"], r["cloud_top_ids"], r["cloud_top_logprobs"],
                                               r["cloud_logprob_of_slm"]):
