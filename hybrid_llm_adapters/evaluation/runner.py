@@ -142,19 +142,26 @@ class Evaluator:
 
 
 def run_eval(engine: Any, config: EvalConfig, problems: list[Problem], out: Path | None = None,
-             progress: bool = True, concurrency: int = 1) -> EvalRun:
+             progress: bool = True, concurrency: int = 1, deadline: float | None = None) -> EvalRun:
     """Answer every problem not yet in ``out``; returns the run with all its records.
 
     ``concurrency`` problems are answered at once: their SLM steps share batched forwards and their cloud
     calls overlap, and each answer is the one it gets alone. Records are appended as answers finish.
+    ``deadline`` (``time.monotonic()`` seconds): no problem starts after it; those started finish.
     """
     run = EvalRun.open(config, out)
     evaluator = Evaluator(engine, config)
     todo = [p for p in problems if p.id not in run.records]
+
+    def answer(problem: Problem) -> dict[str, Any] | None:
+        return None if deadline is not None and time.monotonic() > deadline else evaluator.answer(problem)
+
     with ThreadPoolExecutor(max(1, concurrency)) as pool, \
             tqdm(total=len(todo), desc=config.name(), disable=not progress, unit="problem") as bar:
-        for future in as_completed([pool.submit(evaluator.answer, p) for p in todo]):
-            run.add(future.result())  # one thread appends: as_completed yields in this thread
+        for future in as_completed([pool.submit(answer, p) for p in todo]):
+            record = future.result()
+            if record is not None:
+                run.add(record)  # one thread appends: as_completed yields in this thread
             bar.update()
     return run
 

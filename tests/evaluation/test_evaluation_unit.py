@@ -185,6 +185,9 @@ def test_interleaved_runs_stop_at_the_deadline_and_summaries_use_common_problems
     assert all(not r.records for r in runs)
     runs = run_interleaved(engine, configs, problems[:1], tmp_path, progress=False)
     runs = [EvalRun.open(c, tmp_path / f"{c.name()}.jsonl") for c in configs]
+    late = run_eval(engine, configs[0], problems, tmp_path / "slm-only.jsonl", progress=False, concurrency=2,
+                    deadline=0.0)  # a batched run past its deadline starts nothing
+    assert set(late.records) == {problems[0].id}
     runs[0] = run_eval(engine, configs[0], problems, tmp_path / "slm-only.jsonl", progress=False)  # one ahead
     rows = summarize_runs(runs, problems)
     assert [r["problems"] for r in rows] == [1, 1]  # compared on the problem both answered
