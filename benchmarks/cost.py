@@ -2,7 +2,8 @@
 
 Rows (greedy, entropy router at its default threshold, through the real vLLM path): cloud-only (one streamed
 request per problem), per-token replace, block_verify, hand-off (replace; the cloud finishes the answer when the
-router flags densely), and the cost guard (hand-off + max_cost_ratio=1.0) run under each priced sheet. Every
+router flags densely), the cost guard (hand-off + max_cost_ratio=1.0) run under each priced sheet, and the
+package defaults under the 10 % sheet (auto cloud mode, guard and hand-off as shipped). Every
 row answers the same GSM8K and HumanEval problems, so accuracy is paired (McNemar against cloud-only).
 
 Price views (the sheets are the shipped presets; see hybrid_llm_adapters/assets/price_presets.json):
@@ -64,6 +65,8 @@ def rows() -> list[tuple[str, dict[str, Any]]]:
         ("hand-off", {**hybrid, "prices": SHEET_A, "generation": {**NO_GUARD, "handoff": "on"}}),
         ("guard, 10 % sheet", {**hybrid, "prices": SHEET_A, "generation": {"max_cost_ratio": 1.0, "handoff": "on"}}),
         ("guard, 1,024 min", {**hybrid, "prices": SHEET_B, "generation": {"max_cost_ratio": 1.0, "handoff": "on"}}),
+        # what a user gets under the 10 % sheet without setting anything: the auto cloud mode, guard and hand-off
+        ("defaults, 10 % sheet", {**hybrid, "cloud_mode": "auto", "prices": SHEET_A, "generation": {}}),
     ]
 
 
@@ -130,9 +133,10 @@ def main() -> None:
                     "sittings); the other rows are summarized from their records")
     ap.add_argument("--summarize-only", action="store_true",
                     help="answer nothing: summarize the records already written (a run stopped between sittings)")
-    ap.add_argument("--block-verify-problems", type=int, default=20,
-                    help="block_verify answers only the first N problems per task (the slowest row)")
+    ap.add_argument("--block-verify-problems", type=int, default=None,
+                    help="block_verify answers only the first N problems per task (the slowest row; default: all)")
     args = ap.parse_args()
+    args.block_verify_problems = min(args.block_verify_problems or args.problems, args.problems)
 
     server = start_server(VLLMServerConfig())
     apply_slm_threads(server.base_url)
@@ -160,7 +164,7 @@ def main() -> None:
                for task, by_row in records.items() if "cloud-only" in by_row}
     payload = {
         "benchmark": "cost", "machine": platform.processor() or platform.machine(), "slm": DEFAULT_SLM,
-        "cloud": VLLMServerConfig().name, "problems_per_task": args.problems, "concurrency": args.concurrency,
+        "cloud": VLLMServerConfig().name, "problems_per_task": args.problems, "concurrency_last_sitting": args.concurrency,
         "router": "entropy, default threshold", "block_verify_problems": args.block_verify_problems, "sheets": {s: PriceTable.preset(s).model_dump() for s in (SHEET_A, SHEET_B)},
         "self_hosted_prices": SelfHostedPrices().model_dump(),
         "answer_seconds_summed": {t: {label: sum(r["wall_s"] for r in recs) for label, recs in by.items()}
@@ -187,8 +191,9 @@ def write_docs(payload: dict[str, Any]) -> None:
                           f"{s['handed_off_share']:.1%}", f"{s['cloud_calls_per_generated_token']:.3f}",
                           fmt_ratio(s["cost_10pct_vs_cloud_only"]), fmt_ratio(s["cost_min1024_vs_cloud_only"]),
                           fmt_ratio(s["self_hosted_vs_cloud_only"]), fmt_ratio(s["max_request_cost_vs_own_cloud_only"])])
-    body = (f"The first {payload['problems_per_task']} problems per task (block_verify: the first "
-            f"{payload['block_verify_problems']}; its McNemar test pairs it with cloud-only on those), greedy, {payload['router']}, real vLLM "
+    n, n_bv = payload["problems_per_task"], payload["block_verify_problems"]
+    bv = "" if n_bv >= n else f" (block_verify: the first {n_bv}; its McNemar test pairs it with cloud-only on those)"
+    body = (f"The first {n} problems per task{bv}, greedy, {payload['router']}, real vLLM "
             f"({payload['cloud']}); costs are relative to the cloud-only row of the same run. Written by "
             "`benchmarks/cost.py` from `benchmarks/results/cost.json`.\n\n" + markdown_table(headers, table))
     write_section("cost", body, DOC)

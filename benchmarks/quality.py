@@ -31,7 +31,7 @@ from typing import Any
 
 from readme_table import markdown_table, write_section
 
-from hybrid_llm_adapters import CloudConfig, RouterConfig
+from hybrid_llm_adapters import CloudConfig, GenerationConfig, RouterConfig
 from hybrid_llm_adapters.accounting import UsageLedger
 from hybrid_llm_adapters.engine import EngineConfig, get_engine
 from hybrid_llm_adapters.evaluation import Deployments, EvalConfig, get_task
@@ -71,7 +71,7 @@ def row_configs(task: str) -> list[EvalConfig]:
         rows += [hybrid(f"reward@{share}", "reward", matched[share]["reward"]),
                  hybrid(f"entropy@{share}", "entropy", matched[share]["entropy"])]
     # what HybridChatModel does out of the box (its router, threshold, cloud mode, hand-off and cost guard)
-    rows.append(EvalConfig(task=task, system="hybrid", label="defaults"))
+    rows.append(EvalConfig(task=task, system="hybrid", cloud_mode=GenerationConfig().cloud_mode, label="defaults"))
     rows += [hybrid("reward@30%", "reward", matched["30%"]["reward"]),
              hybrid("entropy@30%", "entropy", matched["30%"]["entropy"])]
     rows += [hybrid(f"max_prob@{s}", "max_prob", matched[s]["max_prob"]) for s in ("10%", "20%", "30%")]
@@ -238,6 +238,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="gsm8k,humaneval")
     ap.add_argument("--rows", default=None, help="comma-separated row names to run (default: all, in order)")
     ap.add_argument("--concurrency", type=int, default=16, help="requests decoded together")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="answer at most the first N problems of each row in this sitting (the rest later)")
     ap.add_argument("--max-minutes", type=float, default=None, help="start no problem after this long")
     ap.add_argument("--report-only", action="store_true", help="summarize the records without answering more")
     ap.add_argument("--runs-dir", type=Path, default=RESULTS / "quality_runs")
@@ -260,7 +262,7 @@ def main() -> None:
                     continue
                 if deadline is not None and time.monotonic() > deadline:
                     break
-                runs[task][i] = run_eval(engine, config, problems[task][:limit_for(config)],
+                runs[task][i] = run_eval(engine, config, problems[task][:min(limit_for(config), args.limit or 10**6)],
                                          args.runs_dir / task / f"{config.name()}.jsonl",
                                          concurrency=args.concurrency, deadline=deadline)
     meta = {"benchmark": "quality", "date": time.strftime("%Y-%m-%d"),

@@ -54,8 +54,8 @@ class HybridSettings(BaseModel):
     prices: PriceTable | None = Field(None, description="USD price table and cache rules; None: the core's "
                                       "illustrative default (PriceTable.preset(...) for the shipped examples)")
     dtype: str = Field("bfloat16", description="SLM dtype")
-    cloud_mode: CloudMode | None = Field(None, description="replace, verify, block_verify, lookahead, auto; "
-                                         "None: the core's default")
+    cloud_mode: CloudMode | None = Field(None, description="auto, replace, verify, block_verify, lookahead; "
+                                         "None: the core's default (auto)")
     max_cost_ratio: float | Literal["auto"] | None = Field(
         "auto", description="cost guard: never above this multiple of the cloud-only cost (auto: 1.0 on a "
         "pay-per-token price table, off self-hosted; None: off)")

@@ -48,11 +48,13 @@ def run_all(engine: HybridEngine, gen: GenerationConfig) -> list:
 def test_the_guard_keeps_every_request_at_or_below_cloud_only(slm, cloud: CloudClient, sheet: str) -> None:
     prices = PriceTable.preset(sheet)
     engine = HybridEngine(slm, EntropyRouter(LOW_THRESHOLD), cloud, prices)
-    unguarded = run_all(engine, GenerationConfig(max_new_tokens=MAX_TOKENS, max_cost_ratio=None, handoff="off"))
+    unguarded = run_all(engine, GenerationConfig(max_new_tokens=MAX_TOKENS, max_cost_ratio=None, handoff="off",
+                                                  cloud_mode="replace"))
     # without the guard these requests pay more than cloud-only: the guard has something to prevent
     assert any(r.ledger.cost_usd > r.ledger.cloud_only_cost_usd for r in unguarded)
     for handoff in ("off", "on"):
-        guarded = run_all(engine, GenerationConfig(max_new_tokens=MAX_TOKENS, max_cost_ratio=1.0, handoff=handoff))
+        guarded = run_all(engine, GenerationConfig(max_new_tokens=MAX_TOKENS, max_cost_ratio=1.0, handoff=handoff,
+                                                    cloud_mode="replace"))
         for r in guarded:
             led = r.ledger
             assert led.cost_usd <= led.cloud_only_cost_usd * (1 + 1e-9), (sheet, handoff, led)
@@ -107,7 +109,7 @@ def test_a_handoff_ledger_matches_the_server_counters(slm, cloud: CloudClient, c
     """Per-token calls, then a hand-off: calls, billed and cached tokens (as the server reported them, the
     default 'server' basis) equal the increase of vLLM's own counters."""
     engine = HybridEngine(slm, EntropyRouter(0.6), cloud)  # the default example prices: guard and hand-off on
-    gen = GenerationConfig(max_new_tokens=MAX_TOKENS, handoff_flags=3, handoff_window=6)
+    gen = GenerationConfig(max_new_tokens=MAX_TOKENS, handoff_flags=3, handoff_window=6, cloud_mode="replace")
     for question in QUESTIONS:
         ids = engine.render([{"role": "user", "content": question}])
         before = vllm_metrics(cloud_base_url)

@@ -98,7 +98,7 @@ def test_mixed_run_ledger_adds_up(slm, cloud: CloudClient, gsm8k_question: str) 
     engine = HybridEngine(slm, EntropyRouter(0.6), cloud, SELF_HOSTED)
     ids = chat_ids(engine, gsm8k_question)
     before = vllm_metrics(cloud.config.base_url)
-    result = engine.generate(ids, GenerationConfig(max_new_tokens=64))
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=64, cloud_mode="replace"))  # a call per token
     after = vllm_metrics(cloud.config.base_url)
     led = result.ledger
     sources = [e.source for e in result.events]
@@ -158,6 +158,16 @@ def fit_agreement_head(slm, cloud: CloudClient, prompt_ids: list[int], tmp_path:
     return path
 
 
+def test_the_default_cloud_mode_verifies_blocks_on_vllm(slm, cloud: CloudClient, gsm8k_question: str) -> None:
+    """`auto`, the default, probes the endpoint and picks block verification on vLLM: drafts checked in one
+    call, so fewer calls than cloud-checked tokens."""
+    engine = HybridEngine(slm, EntropyRouter(0.6), cloud, SELF_HOSTED)
+    result = engine.generate(chat_ids(engine, gsm8k_question), GenerationConfig(max_new_tokens=48))
+    led = result.ledger
+    assert GenerationConfig().cloud_mode == "auto" and led.cloud_mode == "block_verify"
+    assert led.cloud_calls > 0 and led.calls_per_checked_token is not None and led.calls_per_checked_token < 1
+
+
 def test_reward_router_with_fitted_head(slm, cloud: CloudClient, tmp_path: Path) -> None:
     engine = HybridEngine(slm, AlwaysLocalRouter())
     ids = chat_ids(engine, CODE_PROMPT)
@@ -165,7 +175,7 @@ def test_reward_router_with_fitted_head(slm, cloud: CloudClient, tmp_path: Path)
     router = build_router(RouterConfig(kind="reward", threshold=0.0, reward_head=str(head)), slm.tokenizer,
                           slm.hidden_size)
     engine = HybridEngine(slm, router, cloud, SELF_HOSTED)
-    result = engine.generate(ids, GenerationConfig(max_new_tokens=48))
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=48, cloud_mode="replace"))  # each token routed
     scored = [e for e in result.events if e.score is not None]
     assert len(scored) == len(result.token_ids)
     for e in scored:

@@ -83,8 +83,8 @@ def test_server_killed_mid_generation_then_restarted(tiny_model_dir: Path) -> No
     server is used by the next request."""
     with proxy_for(tiny_model_dir) as proxy:
         engine = make_engine(tiny_model_dir, proxy, local_steps=0, on_failure="local")
-        proxy.set("kill", after=3)
-        result = engine.generate(prompt(engine), GenerationConfig(max_new_tokens=8))
+        proxy.set("kill", after=3)  # three one-token calls (replace mode: the auto mode's probe would count too)
+        result = engine.generate(prompt(engine), GenerationConfig(max_new_tokens=8, cloud_mode="replace"))
         assert [e.source for e in result.events][:3] == ["cloud"] * 3
         assert {e.source for e in result.events[3:]} == {"fallback"}
         assert result.text.startswith("aaa")

@@ -70,7 +70,7 @@ def test_perturbation_router_routes_by_threshold(tiny_model_dir: Path) -> None:
     threshold = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # between two observed scores
     router = build_router(RouterConfig(kind="perturbation", threshold=threshold), slm.tokenizer, slm.hidden_size)
     assert isinstance(router, PerturbationRouter)
-    result = HybridEngine(slm, router, cloud, SELF_HOSTED).generate(ids, GenerationConfig(max_new_tokens=20))  # type: ignore[arg-type]
+    result = HybridEngine(slm, router, cloud, SELF_HOSTED).generate(ids, GenerationConfig(max_new_tokens=20, cloud_mode="replace"))  # type: ignore[arg-type]
     tokens = [e for e in result.events if not e.final_flush]
     assert len(tokens) == 20 and all(e.score is not None for e in tokens)
     for e in tokens:

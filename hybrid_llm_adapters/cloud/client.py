@@ -39,7 +39,7 @@ from tenacity import (
 )
 
 from ..config import CloudConfig, GenerationConfig
-from ..errors import CloudError
+from ..errors import CloudError, CloudUnavailableError
 from .breaker import CircuitBreaker, breaker_for
 from .replies import (
     BlockScore,
@@ -65,6 +65,12 @@ TRANSIENT_ERRORS = (
     MalformedResponseError,
 )
 _BACKOFF = wait_exponential(multiplier=0.2, max=2.0)
+
+
+def is_outage(error: CloudError) -> bool:
+    """The endpoint could not answer (down, overloaded, timed out, garbled, or skipped by its breaker), as
+    opposed to an answer that refused the request."""
+    return isinstance(error, CloudUnavailableError) or isinstance(error.__cause__, TRANSIENT_ERRORS)
 
 
 def retry_after_s(error: BaseException | None) -> float | None:
@@ -149,16 +155,12 @@ class CloudClient:
                                   "max_tokens": 1, "temperature": 0, "logprobs": k})
                     found = k
                     break
-                except CloudError:
-                    if self.breaker.state != "closed":
-                        break
-            # a probe that failed because the endpoint is down proves nothing: ask again once it is back
-            if found is not None or self.breaker.state == "closed":
-                caps.max_logprobs = found or self.config.logprobs
-        if caps.echo_logprobs is None and caps.max_logprobs is not None:
-            aligned = bool(caps.shared_tokenizer) and self._echo_is_aligned(tokenizer)
-            if aligned or self.breaker.state == "closed":
-                caps.echo_logprobs = aligned
+                except CloudError as e:
+                    if is_outage(e):
+                        raise  # a probe the endpoint was down for proves nothing: asked again once it is back
+            caps.max_logprobs = found or self.config.logprobs
+        if caps.echo_logprobs is None:
+            caps.echo_logprobs = bool(caps.shared_tokenizer) and self._echo_is_aligned(tokenizer)
         logger.info("cloud endpoint %s capabilities: %s", self.config.base_url, caps)
         return caps
 
@@ -171,7 +173,9 @@ class CloudClient:
             if nxt is None:
                 return False
             block = self.score_block(ids, [nxt], GenerationConfig(max_new_tokens=1))
-        except CloudError:
+        except CloudError as e:
+            if is_outage(e):
+                raise
             return False
         top = block.positions[0]
         return bool(top) and max(top, key=top.__getitem__) == nxt

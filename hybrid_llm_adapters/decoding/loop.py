@@ -79,7 +79,11 @@ class RequestDecoder:
         self.rng = torch.Generator().manual_seed(gen.seed) if gen.seed is not None else None
         self.scorer_state = router.new_scorer_state()
         self.use_ids = self.cloud.shares_tokenizer(self.tokenizer) if self.cloud is not None else True
-        self.mode = pick_mode(gen.cloud_mode, self.cloud, self.use_ids, router, self.tokenizer)
+        self.probe_failure: CloudError | None = None  # the endpoint was down when its modes were probed
+        try:
+            self.mode = pick_mode(gen.cloud_mode, self.cloud, self.use_ids, router, self.tokenizer)
+        except CloudError as e:  # reported at the first cloud need, as that call's failure (one, not two)
+            self.mode, self.probe_failure = "replace", e
         self.strategy = build_mode(self.mode, self)
         self.ledger = UsageLedger(requests=1, prompt_tokens=self.n_prompt, cloud_mode=self.mode)
         self.release = TextRelease(self.tokenizer, gen.stop)
@@ -172,6 +176,10 @@ class RequestDecoder:
         """A flagged position: the mode's call, or a hand-off when flags come densely or the guard refuses
         the call; None keeps the SLM's candidate."""
         prefix_len = len(self.state.ids) - p.fed
+        if self.probe_failure is not None:
+            error, self.probe_failure = self.probe_failure, None
+            self.cloud_failed(error, prefix_len)
+            return None
         dense = self.handoff.record(True)
         drafts = self.strategy.k if isinstance(self.strategy, BlockVerify) else 0
         affordable = self.guard.allows(prefix_len + drafts, prefix_len)
