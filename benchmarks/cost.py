@@ -160,7 +160,7 @@ def main() -> None:
                    else EvalRun.open(config, path))  # the rows not run in this sitting: their records
             records[task][label] = [run.records[p.id] for p in subset if p.id in run.records]
     results = {task: [summarize_row(label, fields.get("prices", SHEET_A), by_row[label], by_row["cloud-only"])
-                      for label, fields in rows() if label in by_row]
+                      for label, fields in rows() if by_row.get(label)]  # rows with records
                for task, by_row in records.items() if "cloud-only" in by_row}
     payload = {
         "benchmark": "cost", "machine": platform.processor() or platform.machine(), "slm": DEFAULT_SLM,
