@@ -118,6 +118,23 @@ def summarize_row(run: EvalRun, baselines: dict[str, EvalRun], deployments: Depl
     return s
 
 
+def router_pairs(runs: list[EvalRun]) -> list[dict[str, Any]]:
+    """Reward against entropy at the same matched cloud share, paired on the problems both answered (the
+    question issue 14 asks: does the reward head route better than plain entropy end to end?)."""
+    by_name = {r.config.name(): r for r in runs}
+    pairs = []
+    for suffix in ("10%", "20%", "30%", "10%-block_verify"):
+        reward, entropy = by_name.get(f"reward@{suffix}"), by_name.get(f"entropy@{suffix}")
+        if reward is None or entropy is None or not reward.records or not entropy.records:
+            continue
+        p = paired(reward.records, entropy.records)
+        ids = reward.records.keys() & entropy.records.keys()
+        pairs.append({"share": suffix, **p,
+                      "reward_correct": sum(bool(reward.records[i]["correct"]) for i in ids),
+                      "entropy_correct": sum(bool(entropy.records[i]["correct"]) for i in ids)})
+    return pairs
+
+
 def check_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's target: >= 95 % of cloud-only accuracy at <= 15 % activation with no significant paired loss
     (stretch: <= 10 %). Read at the most accurate hybrid row within each budget."""
@@ -197,13 +214,16 @@ def fmt(v: float | None, spec: str = ".2f") -> str:
 
 def report(runs: dict[str, list[EvalRun]], deployments: Deployments, meta: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {**meta, "deployments": deployments.model_dump(), "tasks": {}}
-    table, targets = [], []
+    table, targets, pairs = [], [], []
     for task, task_runs in runs.items():
         baselines = {r.config.system: r for r in task_runs if r.config.system != "hybrid"}
         rows = [summarize_row(r, baselines, deployments) for r in task_runs]
         done = [r for r in rows if r["problems"]]
         t = check_targets(done)
-        out["tasks"][task] = {"rows": rows, "targets": t,
+        rp = router_pairs(task_runs)
+        pairs += [[task, p["share"], p["n"], p["reward_correct"], p["entropy_correct"],
+                   f"{p['right_only_here']}/{p['right_only_there']}", f"{p['p']:.3g}"] for p in rp]
+        out["tasks"][task] = {"rows": rows, "targets": t, "reward_vs_entropy": rp,
                               "plots": plot(done, RESULTS / "quality" / task, f"{task} (greedy, 2 CPU cores)")}
         for r in done:
             lo, hi = r["accuracy_ci95"]
@@ -225,6 +245,9 @@ def report(runs: dict[str, list[EvalRun]], deployments: Deployments, meta: dict[
         ["task", "row", "problems", "accuracy [95% CI]", "/ cloud-only", "vs cloud-only (won/lost, McNemar)",
          "vs SLM-only (won/lost, McNemar)", "activation (realised)", "cut off", "cloud calls / token", "tok/s here",
          "API cost / cloud-only", "self-hosted cost / cloud-only"], table), DOCS_PAGE)
+    write_section("quality_router_pairs", markdown_table(
+        ["task", "matched cloud share", "problems both answered", "reward right", "entropy right",
+         "right only under reward / only under entropy", "McNemar p"], pairs), DOCS_PAGE)
     write_section("quality_targets", markdown_table(
         ["task", "budget", "best row within it", "problems", "activation", "accuracy / cloud-only",
          "McNemar p vs cloud-only", "95 % and no significant loss"], targets), DOCS_PAGE)

@@ -242,7 +242,11 @@ def test_the_head_scores_a_token_as_the_decoder_does(real_slm_dir: Path, cloud_b
     record = {"prompt_ids": prompt, "response_ids": result.token_ids, "cloud_top_ids": [[]] * 24}
     f = response_features(lm, [record])[0]
     forced = head.score_tensors(f["slm_stats"], f["context"], torch.tensor(result.token_ids)).tolist()  # type: ignore[union-attr]
-    assert forced == pytest.approx(decoder, abs=0.15)
+    # bf16 kernels differ between an incremental step and one long forward, and by CPU: here the largest gap
+    # was 0.14, on the CI machine 0.18 (of scores spread with sd 1.6). A feature taken at the wrong position or
+    # from the wrong token moves most scores by far more than that, and breaks the correlation.
+    gaps = np.abs(np.array(forced) - np.array(decoder))
+    assert np.median(gaps) < 0.05 and gaps.max() < 0.3, gaps
     assert np.corrcoef(forced, decoder)[0, 1] > 0.99
 
 
