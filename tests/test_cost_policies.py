@@ -7,6 +7,8 @@ import pytest
 from doubles import TransformersCloud
 from test_engine_mechanics import EveryOtherRouter, greedy_reference, prompt
 
+from hybrid_llm_adapters.routing import Router
+
 from hybrid_llm_adapters import GenerationConfig, HybridEngine, PriceTable
 from hybrid_llm_adapters.errors import ConfigError
 from hybrid_llm_adapters.local.slm import load_local_model
@@ -65,6 +67,50 @@ def test_the_guard_bounds_every_request_by_its_cloud_only_cost(slm, cloud_model)
         half = HybridEngine(slm, EveryOtherRouter(), TransformersCloud(cloud_model), SHEET)
         led = half.generate(ids, GenerationConfig(max_new_tokens=30, max_cost_ratio=0.5, handoff="off")).ledger
         assert led.cost_usd <= 0.5 * led.cloud_only_cost_usd * (1 + 1e-9)
+
+
+class FlagsAt(Router):
+    """Flags the given steps (1-based) and no others."""
+
+    name = "flags_at"
+
+    def __init__(self, *steps: int) -> None:
+        self.steps, self.step = set(steps), 0
+
+    def use_cloud(self, score: float | None, step: object) -> bool:
+        self.step += 1
+        return self.step in self.steps
+
+
+def test_the_guard_shrinks_a_block_before_it_hands_off(slm, cloud_model) -> None:  # type: ignore[no-untyped-def]
+    """At the first token a block's echo (prompt + drafts in, one token out) costs more than the cloud-only
+    answer so far, a one-token call exactly as much: the guard takes the one-token call rather than handing the
+    whole answer to the cloud; a few tokens later a block fits again."""
+    cloud = TransformersCloud(cloud_model)
+    engine = HybridEngine(slm, FlagsAt(1, 6), cloud, SHEET)
+    ids = prompt(engine)
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=20, cloud_mode="block_verify",
+                                                   max_cost_ratio=1.0, handoff="on"))
+    led = result.ledger
+    assert led.cost_guard_trips == 0 and led.handed_off_tokens == 0, led
+    assert led.cloud_calls == 2 and led.local_tokens > 10
+    # the first call: the prompt alone (one token asked for); the second, at step 6: the prefix and a block
+    assert len(cloud.calls[0]) == len(ids) and len(cloud.calls[1]) > len(ids) + 5
+    assert led.cost_usd <= led.cloud_only_cost_usd * (1 + 1e-9)
+
+
+def test_the_guard_holds_on_the_servers_bill_when_echo_calls_go_uncached(slm, cloud_model) -> None:  # type: ignore[no-untyped-def]
+    """Billed by what the server reports (here: nothing cached, as vLLM serves echo calls), a second block
+    re-sends its whole prefix at the full input price: the guard counts it so, and the request still never bills
+    more than cloud-only (counting the first block's prompt as cached, it would)."""
+    server_bill = SHEET.model_copy(update={"cached_from": "server"})
+    for text in ["add 3 and 5", "count to four"]:
+        engine = HybridEngine(slm, FlagsAt(3, 8, 13), TransformersCloud(cloud_model), server_bill)
+        result = engine.generate(prompt(engine, text), GenerationConfig(
+            max_new_tokens=20, cloud_mode="block_verify", max_cost_ratio=1.0, handoff="off"))
+        led = result.ledger
+        assert led.cached_prompt_tokens == 0 and led.cloud_calls > 0
+        assert led.cost_usd <= led.cloud_only_cost_usd * (1 + 1e-9), led
 
 
 def test_dense_flags_hand_off_to_one_streamed_call(slm, cloud_model) -> None:  # type: ignore[no-untyped-def]

@@ -46,17 +46,26 @@ class CostGuard:
     It counts what the calls made so far cost by the price table's cache rules (``spent``), not by the
     server's cache report: the guard's decisions, and so the answer, then do not depend on what else the server
     had cached (the same request gives the same text alone, in a batch, or after a restart). With
-    ``cached_from="rules"`` this is the bill itself.
+    ``cached_from="rules"`` this is the bill itself. With ``cached_from="server"`` it assumes an echo call
+    (block verification) is served and left uncached, as vLLM does with prompt log-probabilities, so the
+    server's bill stays at or below the guard's count.
     """
 
     def __init__(self, decoder: RequestDecoder):
         self.d = decoder
         self.ratio = decoder.gen.cost_ratio(decoder.ctx.prices)
+        self.echo_uncached = decoder.ctx.prices.cached_from == "server"
         self.spent = 0.0
+        self.cached: list[int] = []  # the prompt this request left in the provider's cache, as the guard counts
 
-    def spend(self, prompt_tokens: int, completion_tokens: int, shared: int) -> None:
-        """Count one answered call."""
-        self.spent += self._cost(prompt_tokens, completion_tokens, shared)
+    def _shared(self, sent: list[int], echo: bool) -> int:
+        return 0 if echo and self.echo_uncached else shared_prefix(sent, self.cached)
+
+    def spend(self, sent: list[int], prompt_tokens: int, completion_tokens: int, echo: bool) -> None:
+        """Count one answered call whose prompt was ``sent``."""
+        self.spent += self._cost(prompt_tokens, completion_tokens, self._shared(sent, echo))
+        if not (echo and self.echo_uncached):
+            self.cached = sent
 
     def _cost(self, prompt_len: int, completion: int, shared: int) -> float:
         prices = self.d.ctx.prices
@@ -74,19 +83,18 @@ class CostGuard:
         left = max(d.limit - generated, 1)
         return all(self._within(spent + self._cost(prefix_len, r, shared), generated + r) for r in {1, left})
 
-    def allows(self, prompt_len: int, prefix_len: int) -> bool:
-        """May a call with a ``prompt_len``-token prompt, made at ``prefix_len`` for one more token, go out?"""
+    def allows(self, prompt_len: int, prefix_len: int, echo: bool = False) -> bool:
+        """May a call with a ``prompt_len``-token prompt (an echo call: the prefix and drafts), made at
+        ``prefix_len`` for one more token, go out?"""
         if self.ratio is None:
             return True
-        d = self.d
-        shared = shared_prefix(d.state.ids[:prefix_len], d.sent)
-        return self._within(self.spent + self._cost(prompt_len, 1, shared), prefix_len - d.n_prompt + 1)
+        shared = self._shared(self.d.state.ids[:prefix_len], echo)
+        return self._within(self.spent + self._cost(prompt_len, 1, shared), prefix_len - self.d.n_prompt + 1)
 
     def allows_handoff(self, prefix_len: int) -> bool:
         if self.ratio is None:
             return True
-        d = self.d
-        return self._handoff_fits(self.spent, prefix_len, shared_prefix(d.state.ids[:prefix_len], d.sent))
+        return self._handoff_fits(self.spent, prefix_len, self._shared(self.d.state.ids[:prefix_len], False))
 
 
 class Handoff:

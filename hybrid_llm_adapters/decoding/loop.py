@@ -11,7 +11,7 @@ shared by all modes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,7 @@ class RequestDecoder:
         except CloudError as e:  # reported at the first cloud need, as that call's failure (one, not two)
             self.mode, self.probe_failure = "replace", e
         self.strategy = build_mode(self.mode, self)
+        self._one_token: Replace | None = None  # block_verify's plain call where only that fits the guard
         self.ledger = UsageLedger(requests=1, prompt_tokens=self.n_prompt, cloud_mode=self.mode)
         self.release = TextRelease(self.tokenizer, gen.stop)
         self.events: list[TokenEvent] = []
@@ -181,10 +182,9 @@ class RequestDecoder:
             self.cloud_failed(error, prefix_len)
             return None
         dense = self.handoff.record(True)
-        drafts = self.strategy.k if isinstance(self.strategy, BlockVerify) else 0
-        affordable = self.guard.allows(prefix_len + drafts, prefix_len)
-        self.ledger.cost_guard_trips += not affordable
-        if dense or not affordable:
+        call = self._affordable_call(prefix_len)
+        self.ledger.cost_guard_trips += call is None
+        if dense or call is None:
             if p.fed:
                 self.state.truncate(prefix_len)  # the hand-off continues from before the candidate
             produced = self.handoff.start(prefix_len, reason="dense flags" if dense else "cost guard")
@@ -192,9 +192,26 @@ class RequestDecoder:
                 return produced
             if p.fed:
                 self.state.append(p.candidate)
-            if not affordable:
+            if call is None:
                 return None
-        return self.strategy.handle(p)
+        return call(p)
+
+    def _affordable_call(self, prefix_len: int) -> Callable[[Proposal], list[Produced] | None] | None:
+        """The mode's call, shrunk to what the cost guard allows; None when not even one token's call fits.
+
+        A block's echo call re-sends its drafts as input and may still yield one token, so near the start of an
+        answer (little cloud-only output to measure against) only a smaller block, or one replaced token, stays
+        within the ratio: shrinking keeps the request hybrid where refusing would hand the whole answer off."""
+        if isinstance(self.strategy, BlockVerify):
+            block = self.strategy
+            for k in range(block.k, 0, -1):
+                if self.guard.allows(prefix_len + k, prefix_len, echo=True):
+                    return lambda p, k=k: block.handle(p, max_drafts=k)  # type: ignore[misc]
+            if self.guard.allows(prefix_len, prefix_len):
+                self._one_token = self._one_token or Replace(self)
+                return self._one_token.handle
+            return None
+        return self.strategy.handle if self.guard.allows(prefix_len, prefix_len) else None
 
     def _propose(self) -> Proposal:
         logits, context_hidden = self.state.forward(need_hidden=self.router.needs_context_hidden)
@@ -250,14 +267,13 @@ class RequestDecoder:
         except CloudError as e:
             self.cloud_failed(e, prefix_len)
             return None
-        self.book(reply, prefix + (drafts or []))
+        self.book(reply, prefix + (drafts or []), echo=drafts is not None)
         return reply
 
-    def book(self, reply: Any, sent: list[int]) -> None:
+    def book(self, reply: Any, sent: list[int], echo: bool = False) -> None:
         """Book an answered call whose prompt was ``sent`` (the prefix a prompt cache may already hold)."""
-        shared = shared_prefix(sent, self.sent)
-        book_call(self.ledger, reply, self.ctx.prices, shared)
-        self.guard.spend(reply.usage.prompt_tokens, reply.usage.completion_tokens, shared)
+        book_call(self.ledger, reply, self.ctx.prices, shared_prefix(sent, self.sent))
+        self.guard.spend(sent, reply.usage.prompt_tokens, reply.usage.completion_tokens, echo)
         self.sent = sent
 
     def cloud_failed(self, e: CloudError, kept_len: int) -> None:

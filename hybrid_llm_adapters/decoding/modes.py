@@ -96,13 +96,15 @@ class BlockVerify(CloudMode):
         super().__init__(decoder)
         self.k = decoder.gen.draft_tokens
 
-    def handle(self, p: Proposal) -> list[Produced] | None:
+    def handle(self, p: Proposal, max_drafts: int | None = None) -> list[Produced] | None:
+        """``max_drafts`` caps this block below ``k`` (what the cost guard lets one call re-send)."""
         d = self.d
         prefix_len = len(d.state.ids) - p.fed
         drafts, probs = [p.candidate], [p.probs]
         if not p.fed:
             d.state.append(p.candidate)
-        while len(drafts) < self.k and drafts[-1] not in d.eos:
+        size = self.k if max_drafts is None else min(self.k, max_drafts)
+        while len(drafts) < size and drafts[-1] not in d.eos:
             logits, _ = d.state.forward()
             probs.append(None if d.gen.greedy else warp(logits, d.gen))
             nxt = choose(logits, d.gen, d.rng)
