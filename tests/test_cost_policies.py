@@ -7,11 +7,10 @@ import pytest
 from doubles import TransformersCloud
 from test_engine_mechanics import EveryOtherRouter, greedy_reference, prompt
 
-from hybrid_llm_adapters.routing import Router
-
 from hybrid_llm_adapters import GenerationConfig, HybridEngine, PriceTable
 from hybrid_llm_adapters.errors import ConfigError
 from hybrid_llm_adapters.local.slm import load_local_model
+from hybrid_llm_adapters.routing import Router
 
 SHEET = PriceTable(input_per_mtok=1.0, cached_input_per_mtok=0.1, output_per_mtok=4.0, cached_from="rules")
 
