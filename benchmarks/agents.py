@@ -148,7 +148,7 @@ async def run_llamaindex(llm: Any, task: dict[str, Any]) -> dict[str, Any]:
     try:
         async for event in handler.stream_events():
             if isinstance(event, AgentOutput) and isinstance(event.raw, dict) and LEDGER_KEY in event.raw:
-                ledgers.append(UsageLedger(**event.raw[LEDGER_KEY]))
+                ledgers.append(UsageLedger.model_validate(event.raw[LEDGER_KEY]))
         result = await handler
         answer = str(result.response.content or "")
         calls = [(c.tool_name, json.dumps(c.tool_kwargs, sort_keys=True)) for c in result.tool_calls]
@@ -204,11 +204,6 @@ async def run_config(framework: str, system: str, todo: list[dict[str, Any]], kw
     bar.close()
 
 
-def _ledger(d: dict[str, Any]) -> UsageLedger:
-    """A recorded ledger (its dump carries the computed views too)."""
-    return UsageLedger(**{k: v for k, v in d.items() if k in UsageLedger.model_fields})
-
-
 def load(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -228,13 +223,13 @@ def summarize(ids: list[str]) -> dict[str, Any]:
             if not done:
                 continue
             rs = [recs[system][i] for i in done]
-            ledgers = [_ledger(r["ledger"]) for r in rs]
+            ledgers = [UsageLedger.model_validate(r["ledger"]) for r in rs]
             total = sum(ledgers, UsageLedger())
             ok = sum(r["success"] for r in rs)
             lo, hi = wilson_interval(ok, len(rs))
             paired = [i for i in done if i in recs["cloud"]]
-            mine = [_ledger(recs[system][i]["ledger"]) for i in paired]
-            cloud = [_ledger(recs["cloud"][i]["ledger"]) for i in paired]
+            mine = [UsageLedger.model_validate(recs[system][i]["ledger"]) for i in paired]
+            cloud = [UsageLedger.model_validate(recs["cloud"][i]["ledger"]) for i in paired]
             cloud_sh = sum(self_hosted_cost(g, SelfHostedPrices()) for g in cloud)
             cloud_api = sum(g.cost_usd for g in cloud)
             rows[f"{framework}/{system}"] = {

@@ -75,6 +75,18 @@ def test_ledger_adds_and_shows_loss() -> None:
     assert cached == pytest.approx((200 * 3.0 + 800 * 0.3) / 1e6)
 
 
+def test_a_ledger_revives_from_its_own_dump() -> None:
+    """Adapters put ``model_dump()`` (computed views included) in response metadata; it must load back."""
+    ledger = UsageLedger(requests=1, local_tokens=7, cloud_tokens=2, cloud_calls=2, cost_usd=0.1,
+                         cloud_only_cost_usd=0.3, cloud_mode="block_verify")
+    dump = ledger.model_dump()
+    assert {"generated_tokens", "activation_ratio", "savings_usd"} <= dump.keys()
+    assert UsageLedger.model_validate(dump) == ledger
+    assert UsageLedger(**dump).savings_usd == pytest.approx(0.2)
+    with pytest.raises(ValidationError, match="local_tokenz"):
+        UsageLedger(**{**dump, "local_tokenz": 1})
+
+
 def test_tool_call_parsing() -> None:
     text = 'Let me compute.\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
     content, calls = parse_tool_calls(text)

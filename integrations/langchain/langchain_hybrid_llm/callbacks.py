@@ -28,7 +28,7 @@ def ledger_from_metadata(metadata: dict[str, Any]) -> UsageLedger | None:
     data = metadata.get("hybrid_ledger")
     if not isinstance(data, dict):
         return None
-    return UsageLedger(**{k: v for k, v in data.items() if k in UsageLedger.model_fields})
+    return UsageLedger.model_validate(data)
 
 
 class HybridLedgerCallbackHandler(BaseCallbackHandler):
