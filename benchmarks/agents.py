@@ -42,7 +42,10 @@ HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "results" / "agents"
 OUT = HERE / "results" / "agents.json"
 DOC = HERE.parent / "docs" / "agents.md"
-SYSTEMS = {"hybrid": {}, "cloud": {"router": "cloud"}, "slm": {"router": "local"}}  # hybrid: the defaults
+# hybrid: the defaults; hybrid-nodecision: the same without decision points (the router alone decides each
+# turn's first token), to measure what the decision-point policy buys and costs
+SYSTEMS = {"hybrid": {}, "hybrid-nodecision": {"generation_options": {"decision_tokens": 0}},
+           "cloud": {"router": "cloud"}, "slm": {"router": "local"}}
 FRAMEWORKS = ("langchain", "llamaindex")
 STEP_LIMIT = {"langchain": 12, "llamaindex": 6}  # LangGraph super-steps (about 5 tool rounds); agent turns
 SYSTEM_PROMPT = ("You are a helpful assistant for a community garden and its office. Use the tools to look up "

@@ -152,19 +152,3 @@ def parse_tool_calls(text: str) -> tuple[str, list[ParsedToolCall]]:
         pos = close + len(TOOL_CALL_CLOSE) if close >= 0 and text[end:close].strip() == "" else end
     content = "".join(content_parts).strip() if calls else "".join(content_parts)
     return content, calls
-
-
-def parse_bare_tool_call(text: str, tool_names: list[str]) -> tuple[str, list[ParsedToolCall]]:
-    """A tool call written without the ``<tool_call>`` tags: the answer starts with
-    ``{"name": <a bound tool>, "arguments": {...}}`` (small SLMs often drop the tags). Returns the rest of
-    the text and the call, or ``(text, [])`` when the answer is not such a call."""
-    start = len(text) - len(text.lstrip())
-    if not text[start:].startswith("{"):
-        return text, []
-    try:
-        obj, end = json.JSONDecoder().raw_decode(text, start)
-    except json.JSONDecodeError:
-        return text, []
-    if not isinstance(obj, dict) or obj.get("name") not in tool_names:
-        return text, []
-    return text[end:].strip(), [tool_call_from(obj)]

@@ -18,14 +18,13 @@ from .chat import (
     TOOL_CALL_CLOSE,
     ParsedToolCall,
     forced_tool_prefix,
-    parse_bare_tool_call,
     parse_tool_calls,
     render_chat,
 )
 from .config import GenerationConfig
 from .errors import ConfigError
 from .events import GenerationResult, TokenEvent
-from .tool_stream import Delta, ToolCallStreamParser
+from .tool_stream import Delta, ToolCallStreamParser, parse_untagged_tool_calls
 
 
 @dataclass
@@ -126,14 +125,14 @@ def with_decision_points(prepared: PreparedChat, gen: GenerationConfig) -> Gener
 
 
 def finish_chat(prepared: PreparedChat, result: GenerationResult) -> ChatOutput:
-    """Content and tool calls of a finished request (tool calls only parsed when tools were offered; an
-    answer that is just ``{"name": <bound tool>, "arguments": ...}`` without the tags counts as a call)."""
+    """Content and tool calls of a finished request (tool calls only parsed when tools were offered; without
+    any ``<tool_call>`` tags, a JSON object naming a bound tool, bare or fenced, counts as a call)."""
     full = prepared.forced_prefix + result.text
     if not prepared.tools:
         return ChatOutput(result.text, [], result)
     content, calls = parse_tool_calls(full)
-    if not calls:  # a call without its <tool_call> tags
-        content, calls = parse_bare_tool_call(full, tool_names(prepared.tools))
+    if not calls:
+        content, calls = parse_untagged_tool_calls(full, tool_names(prepared.tools))
     return ChatOutput(content, calls, result)
 
 

@@ -1,8 +1,11 @@
 """The incremental tool-call parser: streamed answer text in, content and tool-call deltas out.
 
-It mirrors ``chat.parse_tool_calls`` (``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` blocks, and a
-bare call at the start of the answer) so that streaming and a whole answer give the same tool calls. Both
-adapters stream through it (via ``ChatRequest``).
+It mirrors ``chat.parse_tool_calls`` (``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` blocks) and,
+with tools bound, also takes a call written without the tags: a JSON object naming a bound tool anywhere in
+the answer, bare or in a ```` ``` ```` fence (the 0.5B SLM drops the tags; the 1.5B cloud writes "I will use
+`f`." and then the call as a fenced JSON block). ``parse_untagged_tool_calls`` runs it over a whole answer, so
+streaming and a whole answer give the same content and calls. Both adapters stream through it (via
+``ChatRequest``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from .chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_from
+from .chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ParsedToolCall, tool_call_from
 
 _HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*')
 
@@ -22,6 +25,10 @@ _FIRST_KEY = re.compile(r"\s*\{\s*" + _STR)
 _AFTER_NAME = re.compile(r'\s*\{\s*"name"\s*:\s*(\S)')
 _AFTER_NAME_VALUE = re.compile(r'\s*\{\s*"name"\s*:\s*' + _STR + r"\s*(\S)")
 _SECOND_KEY = re.compile(r'\s*\{\s*"name"\s*:\s*"(?:[^"\\]|\\.)*"\s*,\s*' + _STR)
+_OBJECT_START = re.compile(r"\s*\{\s*(\S)")
+FENCE = "```"
+_FENCE_OPEN = re.compile(r"```[\w+-]*[ \t]*\n\s*")
+_MAX_UNTAGGED_CALL = 4000  # characters an untagged '{' may hold back before it counts as plain text
 
 
 def _head_still_possible(buf: str) -> bool:
@@ -74,12 +81,13 @@ class ToolCallStreamParser:
     def __init__(self, tool_names: list[str] | None = None) -> None:
         self.mode = "text"  # text | head | args | tail | whole
         self.tool_names = list(tool_names or [])
-        self.bare = False  # the current call has no <tool_call> tag (see the core's parse_bare_tool_call)
-        self.bare_possible = bool(self.tool_names)  # only at the very start of the answer
+        self.untagged = False  # the current call has no <tool_call> tag (only calls naming a bound tool count)
+        self.fence = ""  # the ``` line opening the current untagged call, if any
         self.buf = ""
         self.calls = 0
         self.pending_ws = ""
         self.emitted_text = False
+        self.separator = ""  # put between text before an untagged call and text after it
         self._depth = 0
         self._in_str = False
         self._esc = False
@@ -94,17 +102,16 @@ class ToolCallStreamParser:
     def flush(self) -> list[Delta]:
         """Release what is held at the end of the answer."""
         out: list[Delta] = []
+        if self.mode in ("head", "whole"):  # a call cut off: release it if its JSON is complete
+            self.mode = "whole"
+            self._step_whole(out)
+            if self.untagged and self.mode == "whole":  # an untagged '{' whose JSON never completed: text
+                self._text(out, self.fence + self.buf)
+                self.buf, self.mode = "", "text"
         if self.mode == "text":
             self._text(out, self.buf)
             if self.pending_ws and not self.calls and self.emitted_text:
                 out.append(Delta(text=self.pending_ws))
-        elif self.mode in ("head", "whole"):  # a call cut off: release it if its JSON is complete
-            self.mode = "whole"
-            self._step_whole(out)
-            if self.bare and self.mode == "whole":  # a bare '{' whose JSON never completed: text
-                self._not_a_call()
-            if self.mode == "text" and self.buf:  # a bare '{' that was no call
-                self._text(out, self.buf)
         self.buf = self.pending_ws = ""
         return out
 
@@ -115,40 +122,70 @@ class ToolCallStreamParser:
             return
         lead = self.pending_ws
         if not self.emitted_text and self.calls:
-            lead, stripped = "", stripped.lstrip()
+            lead, stripped = self.separator, stripped.lstrip()
         out.append(Delta(text=lead + stripped))
         self.emitted_text = True
         self.pending_ws = text[len(text.rstrip()):]
 
     def _step_text(self, out: list[Delta]) -> bool:
-        if self.bare_possible:
-            head = self.buf.lstrip()
-            if not head:
-                return False
-            self.bare_possible = False
-            if head.startswith("{"):
-                self.bare, self.mode = True, "head"
-                return True
         start = self.buf.find(TOOL_CALL_OPEN)
+        untagged = self._untagged_start()
+        if untagged >= 0 and (start < 0 or untagged < start):
+            self._text(out, self.buf[:untagged])
+            self.buf = self.buf[untagged:]
+            return self._open_untagged(out)
         if start >= 0:
             self._text(out, self.buf[:start])
             self.buf = self.buf[start + len(TOOL_CALL_OPEN):]
             self.mode = "head"
             return True
         keep = _held_prefix(self.buf, TOOL_CALL_OPEN)
+        if self.tool_names:
+            keep = max(keep, _held_prefix(self.buf, FENCE))
         self._text(out, self.buf[: len(self.buf) - keep])
         self.buf = self.buf[len(self.buf) - keep:]
         return False
 
+    def _untagged_start(self) -> int:
+        """Where an untagged call may open: the first '{' or ``` (only with tools bound)."""
+        if not self.tool_names:
+            return -1
+        found = [i for i in (self.buf.find("{"), self.buf.find(FENCE)) if i >= 0]
+        return min(found, default=-1)
+
+    def _open_untagged(self, out: list[Delta]) -> bool:
+        """``buf`` starts with '{' or a fence: enter the call's head, or release the fence as text."""
+        if self.buf.startswith("{"):
+            self.untagged, self.fence, self.mode = True, "", "head"
+            return True
+        m = _FENCE_OPEN.match(self.buf)
+        if m is None or m.end() == len(self.buf):
+            if m is None and ("\n" in self.buf or len(self.buf) > 40):  # a fence, not one opening a block
+                self._text(out, FENCE)
+                self.buf = self.buf[len(FENCE):]
+                return True
+            return False  # wait for the fence's line and what follows it
+        if self.buf[m.end()] != "{":  # a code block, not a call
+            self._text(out, self.buf[:m.end()])
+            self.buf = self.buf[m.end():]
+            return True
+        self.fence, self.buf = self.buf[:m.end()], self.buf[m.end():]
+        self.untagged, self.mode = True, "head"
+        return True
+
     def _step_head(self, out: list[Delta]) -> bool:
         m = _HEAD.match(self.buf)
         if m is None:
+            if self.untagged and (o := _OBJECT_START.match(self.buf)) and o.group(1) != '"':
+                return self._not_a_call(out)  # '{' then no key: code or prose, not JSON
             if not _head_still_possible(self.buf):  # another shape: release the call whole
+                if self.untagged:  # untagged, only the streamable shape counts (JSON answers keep streaming)
+                    return self._not_a_call(out)
                 self.mode = "whole"
                 return True
             return False
-        if self.bare and json.loads(f'"{m.group(1)}"') not in self.tool_names:
-            return self._not_a_call()
+        if self.untagged and json.loads(f'"{m.group(1)}"') not in self.tool_names:
+            return self._not_a_call(out)
         if m.end() == len(self.buf):
             return False  # wait for the first character of the arguments
         if self.buf[m.end()] != "{":
@@ -187,30 +224,34 @@ class ToolCallStreamParser:
         out.append(Delta(index=self.calls, args=self.buf[:taken]))
         self.buf = self.buf[taken:]
         if done:
-            self.calls += 1
-            self.emitted_text = False
-            self.pending_ws = ""
-            self.mode = "tail"
+            self._call_done()
         return done
 
+    def _call_done(self) -> None:
+        self.calls += 1
+        self.separator = "\n\n" if self.untagged and self.emitted_text else ""
+        self.emitted_text = False
+        self.pending_ws = ""
+        self.mode = "tail"
+
     def _step_tail(self, out: list[Delta]) -> bool:
-        """After the arguments: skip the call object's '}' and the optional '</tool_call>'."""
+        """After the arguments: skip the call object's '}' and the closing '</tool_call>' or fence."""
         s = self.buf.lstrip()
         if s.startswith("}"):
             s = s[1:].lstrip()
-        if not s or (TOOL_CALL_CLOSE.startswith(s) and s != TOOL_CALL_CLOSE):
+        closer = FENCE if self.fence else TOOL_CALL_CLOSE
+        if not s or (closer.startswith(s) and s != closer):
             self.buf = s
             return False
-        s = s.removeprefix(TOOL_CALL_CLOSE)
-        self.buf = s
-        self.mode = "text"
+        self.buf = s.removeprefix(closer)
+        self.mode, self.untagged, self.fence = "text", False, ""
         return True
 
-    def _not_a_call(self) -> bool:
-        """A bare '{' answer that is no tool call: it is plain text after all."""
-        self.bare, self.mode = False, "text"
-        self.buf = self.buf.lstrip()
-        self.emitted_text = True  # keep its text as it is
+    def _not_a_call(self, out: list[Delta]) -> bool:
+        """An untagged '{' that is no tool call: its fence and '{' are plain text; scanning goes on after it."""
+        self._text(out, self.fence + self.buf[:1])
+        self.buf = self.buf[1:]
+        self.untagged, self.fence, self.mode = False, "", "text"
         return True
 
     def _step_whole(self, out: list[Delta]) -> bool:
@@ -220,16 +261,31 @@ class ToolCallStreamParser:
         try:
             obj, end = json.JSONDecoder().raw_decode(self.buf, start)
         except json.JSONDecodeError:
+            if self.untagged and len(self.buf) > _MAX_UNTAGGED_CALL:
+                return self._not_a_call(out)
             return False
-        if self.bare and (not isinstance(obj, dict) or obj.get("name") not in self.tool_names):
-            return self._not_a_call()
+        if self.untagged and (not isinstance(obj, dict) or obj.get("name") not in self.tool_names):
+            return self._not_a_call(out)
+        self.buf = self.buf[end:]
         if isinstance(obj, dict) and "name" in obj:
             call = tool_call_from(obj)
             out.append(Delta(index=self.calls, id=_new_id(), name=call.name,
                              args=json.dumps(call.arguments, ensure_ascii=False)))
-            self.calls += 1
-            self.emitted_text = False
-            self.pending_ws = ""
-        self.buf = self.buf[end:]
+            self._call_done()
         self.mode = "tail"
         return True
+
+
+def parse_untagged_tool_calls(text: str, tool_names: list[str]) -> tuple[str, list[ParsedToolCall]]:
+    """Content and calls of a whole answer whose calls lack the ``<tool_call>`` tags: JSON objects naming a
+    bound tool, bare or fenced, anywhere in the text (the streaming parser run once over all of it)."""
+    parser = ToolCallStreamParser(tool_names)
+    deltas = parser.feed(text) + parser.flush()
+    calls: dict[int, dict[str, str]] = {}
+    for d in deltas:
+        if d.index is not None:
+            c = calls.setdefault(d.index, {"name": "", "args": ""})
+            c["name"] += d.name or ""
+            c["args"] += d.args or ""
+    parsed = [tool_call_from({"name": c["name"], "arguments": c["args"]}) for c in calls.values()]
+    return "".join(d.text for d in deltas if d.index is None), parsed

@@ -26,12 +26,12 @@ from pydantic import BaseModel, Field
 
 from hybrid_llm_adapters import GenerationConfig, PriceTable, UsageLedger
 from hybrid_llm_adapters.aio import AsyncGeneration
-from hybrid_llm_adapters.chat import parse_bare_tool_call, parse_tool_calls
+from hybrid_llm_adapters.chat import parse_tool_calls
 from hybrid_llm_adapters.chat_api import resolve_tool_choice
 from hybrid_llm_adapters.engine import Generation
 from hybrid_llm_adapters.events import GenerationResult, TokenEvent
 from hybrid_llm_adapters.local.slm import load_local_model
-from hybrid_llm_adapters.tool_stream import ToolCallStreamParser
+from hybrid_llm_adapters.tool_stream import ToolCallStreamParser, parse_untagged_tool_calls
 
 SECRET = "sk-test-do-not-leak-1234"
 
@@ -43,6 +43,23 @@ def tiny(tiny_model_dir: Path) -> HybridChatModel:
 
 # -- the streaming tool-call parser ------------------------------------------------------------------
 
+NAMES = ["add", "f", "g"]
+# untagged calls as the real pair writes them, with the content and calls a whole answer must give
+UNTAGGED = [
+    ('{"name": "add", "arguments": {"a": 1, "b": 2}}', "", [("add", {"a": 1, "b": 2})]),  # the 0.5B SLM
+    (' {"name": "add", "arguments": {"a": 1}}\nDone.', "Done.", [("add", {"a": 1})]),
+    # the 1.5B cloud: prose, then the call as a fenced JSON block, then more prose
+    (('To add them, I will use the `add` function.\n\n```json\n{\n  "name": "add",\n  "arguments": {\n    "a": 4441,'
+     '\n    "b": 3917\n  }\n}\n```\n\nThis returns the sum.'),
+     "To add them, I will use the `add` function.\n\nThis returns the sum.", [("add", {"a": 4441, "b": 3917})]),
+    ("Here's the JSON response:\n\n{\"name\": \"f\", \"arguments\": {}}", "Here's the JSON response:", [("f", {})]),
+    ('```json\n{"name": "g", "arguments": {"s": "x"}}\n```', "", [("g", {"s": "x"})]),
+    ('Use:\n```python\nprint({"a": 1})\n```', 'Use:\n```python\nprint({"a": 1})\n```', []),  # code, no call
+    ('```json\n{"name": "Ada", "age": 36}\n```', '```json\n{"name": "Ada", "age": 36}\n```', []),  # not a tool
+    ("if (x) { return {}; } and ``` alone", "if (x) { return {}; } and ``` alone", []),
+    ('{"name": "unknown", "arguments": {}} is JSON, not a call', ('{"name": "unknown", "arguments": {}} is JSON, '
+     'not a call'), []),
+]
 SAMPLES = [
     "Just text, no tools.",
     '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>',
@@ -53,14 +70,11 @@ SAMPLES = [
     '<tool_call>\n{"name": "add", "arguments": "{\\"a\\": 5}"}\n</tool_call>',  # arguments as a string
     '<tool_call>\n{"name": "add", "arguments": {"a": 1}}',  # cut off before the closing tag
     "a < b and <tool but not a call",
-    '{"name": "add", "arguments": {"a": 1, "b": 2}}',  # a bare call (no tags), as small SLMs write them
-    ' {"name": "add", "arguments": {"a": 1}}\nDone.',
-    '{"name": "unknown", "arguments": {}} is JSON, not a call',
     '{"a": 1} is JSON, not a call',
     '{"a": 1',
     '<tool_call>\n{"name": "add", "arguments": {"a": "こんにちは"}\n</tool_call>',  # the call's '}' missing
+    *[text for text, _, _ in UNTAGGED],
 ]
-NAMES = ["add", "f", "g"]
 
 
 def _stream_parse(text: str, pieces: list[str]) -> tuple[str, list[dict[str, Any]]]:
@@ -87,7 +101,7 @@ def _stream_parse(text: str, pieces: list[str]) -> tuple[str, list[dict[str, Any
 def test_stream_parser_matches_core_parser(text: str) -> None:
     content, calls = parse_tool_calls(text)
     if not calls:
-        content, calls = parse_bare_tool_call(text, NAMES)
+        content, calls = parse_untagged_tool_calls(text, NAMES)
     expected = [{"name": c.name, "args": c.arguments} for c in calls]
     rng = random.Random(0)
     for trial in range(20):
@@ -101,6 +115,18 @@ def test_stream_parser_matches_core_parser(text: str) -> None:
         got_content, got_calls = _stream_parse(text, pieces)
         assert got_calls == expected, pieces
         assert got_content == content, pieces
+
+
+@pytest.mark.parametrize(("text", "content", "calls"), UNTAGGED)
+def test_untagged_calls_naming_a_bound_tool_count_anywhere(text: str, content: str, calls: list) -> None:
+    got_content, got_calls = parse_untagged_tool_calls(text, NAMES)
+    assert got_content == content
+    assert [(c.name, c.arguments) for c in got_calls] == calls
+
+
+def test_untagged_calls_need_bound_tools() -> None:
+    text = '```json\n{"name": "add", "arguments": {"a": 1}}\n```'
+    assert parse_untagged_tool_calls(text, []) == (text, [])
 
 
 def test_stream_parser_releases_arguments_incrementally() -> None:
