@@ -43,8 +43,10 @@ RECORDS = HERE / "results" / "agents"
 OUT = HERE / "results" / "agents.json"
 DOC = HERE.parent / "docs" / "agents.md"
 # hybrid: the defaults; hybrid-nodecision: the same without decision points (the router alone decides each
-# turn's first token), to measure what the decision-point policy buys and costs
+# turn's opening); hybrid-decision8: the cloud decides the turn's first 8 tokens (the opening words, where a
+# model that writes prose before its call decides between calling and answering)
 SYSTEMS = {"hybrid": {}, "hybrid-nodecision": {"generation_options": {"decision_tokens": 0}},
+           "hybrid-decision8": {"generation_options": {"decision_tokens": 8}},
            "cloud": {"router": "cloud"}, "slm": {"router": "local"}}
 FRAMEWORKS = ("langchain", "llamaindex")
 STEP_LIMIT = {"langchain": 12, "llamaindex": 6}  # LangGraph super-steps (about 5 tool rounds); agent turns
