@@ -35,6 +35,8 @@ def _head_still_possible(buf: str) -> bool:
     """Whether ``buf`` can still grow into ``{"name": "...", "arguments": `` (the streamable shape)."""
     if buf.lstrip()[:1] not in ("", "{") or len(buf) > 400:
         return False
+    if (m := _OBJECT_START.match(buf)) and m.group(1) != '"':  # '{' then no key: code or prose, not JSON
+        return False
     if (m := _FIRST_KEY.match(buf)) and m.group(1) != "name":
         return False
     if (m := _AFTER_NAME.match(buf)) and m.group(1) != '"':
@@ -176,8 +178,6 @@ class ToolCallStreamParser:
     def _step_head(self, out: list[Delta]) -> bool:
         m = _HEAD.match(self.buf)
         if m is None:
-            if self.untagged and (o := _OBJECT_START.match(self.buf)) and o.group(1) != '"':
-                return self._not_a_call(out)  # '{' then no key: code or prose, not JSON
             if not _head_still_possible(self.buf):  # another shape: release the call whole
                 if self.untagged:  # untagged, only the streamable shape counts (JSON answers keep streaming)
                     return self._not_a_call(out)
