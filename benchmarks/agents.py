@@ -42,11 +42,12 @@ HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "results" / "agents"
 OUT = HERE / "results" / "agents.json"
 DOC = HERE.parent / "docs" / "agents.md"
-# hybrid: the defaults; hybrid-nodecision: the same without decision points (the router alone decides each
-# turn's opening); hybrid-decision8: the cloud decides the turn's first 8 tokens (the opening words, where a
-# model that writes prose before its call decides between calling and answering)
+# hybrid: the defaults (the cloud writes each turn's first 16 tokens); hybrid-nodecision: the same without
+# decision points (the router alone decides each turn's opening); hybrid-decision1: only the turn's first token
+# is the cloud's; hybrid-decision32: the first 32
 SYSTEMS = {"hybrid": {}, "hybrid-nodecision": {"generation_options": {"decision_tokens": 0}},
-           "hybrid-decision8": {"generation_options": {"decision_tokens": 8}},
+           "hybrid-decision1": {"generation_options": {"decision_tokens": 1}},
+           "hybrid-decision32": {"generation_options": {"decision_tokens": 32}},
            "cloud": {"router": "cloud"}, "slm": {"router": "local"}}
 FRAMEWORKS = ("langchain", "llamaindex")
 STEP_LIMIT = {"langchain": 12, "llamaindex": 6}  # LangGraph super-steps (about 5 tool rounds); agent turns

@@ -111,17 +111,25 @@ def prepare_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dic
     return PreparedChat(ids, prefix, list(tools or []))
 
 
+# the turn's opening the cloud writes when tools are offered: a call's name and first argument, or an answer's
+# first words (chosen from the agent benchmark, docs/agents.md)
+TOOL_TURN_DECISION_TOKENS = 16
+
+
 def with_decision_points(prepared: PreparedChat, gen: GenerationConfig) -> GenerationConfig:
     """The request's decode settings with its decision points resolved: when tools are offered and the choice
-    is open, the first token of the turn (a tool call or an answer) is the cloud's, whatever the router says.
+    is open, the turn's first ``TOOL_TURN_DECISION_TOKENS`` tokens (a tool call or an answer) are the cloud's,
+    written in one call, whatever the router says.
 
     Seen on the real pair: with a lookup tool's result in context, the SLM confidently called the same tool
-    again, turn after turn, where the cloud answers from the result.
+    again, turn after turn, where the cloud answers from the result; and with only the first token from the
+    cloud ("To"), the SLM wrote the rest of the opening ("To compute exactly <result>, you can use multiply")
+    and multiplied the result again.
     """
     if gen.decision_tokens is not None:
         return gen
     open_choice = bool(prepared.tools) and not prepared.forced_prefix
-    return gen.model_copy(update={"decision_tokens": 1 if open_choice else 0})
+    return gen.model_copy(update={"decision_tokens": TOOL_TURN_DECISION_TOKENS if open_choice else 0})
 
 
 def finish_chat(prepared: PreparedChat, result: GenerationResult) -> ChatOutput:

@@ -156,9 +156,9 @@ class GenerationConfig(BaseModel):
         "auto", description="when the router flags densely (handoff_flags of the last handoff_window steps) the "
         "cloud finishes the answer in one streamed call; auto: on for a pay-per-token API, off when self-hosted")
     decision_tokens: int | None = Field(
-        None, ge=0, description="the answer's first N tokens are decided by the cloud whatever the router's "
-        "score (a decision point: with tools offered the first token says call or answer); None: 1 when the "
-        "chat offers tools and leaves the choice open, else 0")
+        None, ge=0, description="the answer's first N tokens are written by the cloud in one call, whatever the "
+        "router's score (a decision point: with tools offered the turn's opening says call or answer); None: 16 "
+        "when the chat offers tools and leaves the choice open, else 0")
     decision_markers: list[str] = Field(
         default_factory=list, description="structural points in text protocols: after any of these strings, the "
         "rest of the line (at most decision_window tokens) is the cloud's, whatever the router says; e.g. "

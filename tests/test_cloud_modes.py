@@ -119,3 +119,41 @@ def test_greedy_verification_accepts_only_the_argmax() -> None:
     assert verify_draft(7, None, top, gen, None) == (7, True)  # type: ignore[arg-type]
     assert verify_draft(3, None, top, gen, None) == (7, False)  # type: ignore[arg-type]
     assert verify_draft(99, None, top, gen, None) == (7, False)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prices", [SELF_HOSTED, PriceTable()], ids=["self_hosted", "pay_per_token"])
+@pytest.mark.parametrize("mode", ["replace", "block_verify"])
+def test_a_decision_window_is_the_clouds_in_one_call(slm, cloud_model, mode: str, prices: PriceTable) -> None:
+    """decision_tokens=N: the cloud writes the answer's first N tokens in one call (a block check would stop at
+    its first miss and the cost guard refuse the calls for the rest); then the SLM goes on from them."""
+    cloud = TransformersCloud(cloud_model)
+    engine = HybridEngine(slm, EntropyRouter(1e9), cloud, prices)  # type: ignore[arg-type]  # never flags
+    ids = prompt(engine)
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=14, cloud_mode=mode, decision_tokens=6))
+    opening = greedy_reference(cloud_model, ids, 6)
+    assert len(opening) == 6  # the tiny cloud does not end its answer this early
+    assert result.token_ids[:6] == opening
+    assert result.token_ids[6:] == greedy_reference(slm, ids + opening, 8)
+    assert len(cloud.calls) == 1
+    ledger = result.ledger
+    assert (ledger.cloud_calls, ledger.decision_checks, ledger.cloud_tokens, ledger.local_tokens) == (1, 6, 6, 8)
+    assert [e.source for e in result.events] == ["cloud"] * 6 + ["local"] * 8
+
+
+class EndsAfterTwo(TransformersCloud):
+    """The cloud ends its answer after two tokens, as vLLM reports it: finish 'stop', no end token in the text."""
+
+    def next_tokens(self, prompt, gen, n, seed=None, logprobs=None):  # type: ignore[no-untyped-def]
+        reply = super().next_tokens(prompt, gen, 2, seed, logprobs)
+        reply.tokens = [t for t in reply.tokens if t.token_id not in self.local.eos_token_ids]
+        reply.finish_reason = reply.tokens[-1].finish_reason = "stop"
+        return reply
+
+
+def test_an_answer_the_cloud_ends_inside_its_decision_window_ends(slm, cloud_model) -> None:
+    cloud = EndsAfterTwo(cloud_model)
+    engine = HybridEngine(slm, EntropyRouter(1e9), cloud, SELF_HOSTED)  # type: ignore[arg-type]
+    ids = prompt(engine)
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=14, decision_tokens=6))
+    assert result.token_ids == greedy_reference(cloud_model, ids, 2)
+    assert result.finish_reason == "stop" and len(cloud.calls) == 1

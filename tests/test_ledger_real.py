@@ -13,7 +13,7 @@ from real_helpers import vllm_metrics
 from hybrid_llm_adapters import CloudConfig, GenerationConfig, HybridEngine, PriceTable
 from hybrid_llm_adapters.cloud.client import CloudClient
 from hybrid_llm_adapters.local.slm import load_local_model
-from hybrid_llm_adapters.routing import EntropyRouter
+from hybrid_llm_adapters.routing import AlwaysCloudRouter, EntropyRouter
 
 pytestmark = [pytest.mark.real, pytest.mark.cloud]
 
@@ -59,3 +59,25 @@ def test_ledger_matches_the_server_counters(real_slm_dir: Path, cloud_base_url: 
     booked = {field: getattr(led, field) for field in COUNTERS.values()}
     assert booked == seen
     assert 0 <= led.cached_prompt_tokens <= led.billed_prompt_tokens
+
+
+def test_a_cloud_only_answer_books_what_the_server_cached(real_slm_dir: Path, cloud_base_url: str,
+                                                          cloud_model_name: str) -> None:
+    """Cloud-only is one streamed call that ends with the cloud's end-of-answer token; its usage report comes
+    after that token. Asked twice, the second call is served from vLLM's prefix cache, and the ledger books
+    the cached prompt tokens the server counted (closing the stream at the end token lost them: cloud-only
+    answers were priced as if nothing was cached)."""
+    slm = load_local_model(real_slm_dir)
+    cloud = CloudClient(CloudConfig(base_url=cloud_base_url, model=cloud_model_name, timeout=120))
+    engine = HybridEngine(slm, AlwaysCloudRouter(), cloud, SELF_HOSTED)
+    ids = engine.render([{"role": "user", "content": QUESTION}])
+    ledgers = []
+    for _ in range(2):
+        before = vllm_metrics(cloud_base_url)
+        result = engine.generate(ids, GenerationConfig(max_new_tokens=200))
+        assert result.finish_reason == "stop"  # the cloud ended its answer
+        led = result.ledger
+        delta = settled_delta(cloud_base_url, before, led.cloud_calls)
+        assert {f: getattr(led, f) for f in COUNTERS.values()} == {f: delta[c] for c, f in COUNTERS.items()}
+        ledgers.append(led)
+    assert ledgers[1].cached_prompt_tokens >= 16 and ledgers[1].cost_usd < ledgers[0].cost_usd

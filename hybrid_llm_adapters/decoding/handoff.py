@@ -83,13 +83,14 @@ class CostGuard:
         left = max(d.limit - generated, 1)
         return all(self._within(spent + self._cost(prefix_len, r, shared), generated + r) for r in {1, left})
 
-    def allows(self, prompt_len: int, prefix_len: int, echo: bool = False) -> bool:
+    def allows(self, prompt_len: int, prefix_len: int, echo: bool = False, tokens: int = 1) -> bool:
         """May a call with a ``prompt_len``-token prompt (an echo call: the prefix and drafts), made at
-        ``prefix_len`` for one more token, go out?"""
+        ``prefix_len`` for ``tokens`` more tokens, go out?"""
         if self.ratio is None:
             return True
         shared = self._shared(self.d.state.ids[:prefix_len], echo)
-        return self._within(self.spent + self._cost(prompt_len, 1, shared), prefix_len - self.d.n_prompt + 1)
+        return self._within(self.spent + self._cost(prompt_len, tokens, shared),
+                            prefix_len - self.d.n_prompt + tokens)
 
     def allows_handoff(self, prefix_len: int) -> bool:
         if self.ratio is None:
@@ -165,12 +166,14 @@ class Handoff:
     def close(self) -> None:
         """The answer ended (its length, a stop sequence, a cancel): finish or abort the stream and book it."""
         if self.stream is not None:
-            self._finish(drain=self.d.produced_total >= self.d.limit)
+            # the budget is spent, or the cloud's end-of-answer token arrived (its stream has only the usage
+            # report left: closing it instead would lose what the server says it had cached)
+            self._finish(drain=self.d.produced_total >= self.d.limit or self.d.ended_by_eos)
 
     def _finish(self, drain: bool) -> None:
         stream, self.stream = self.stream, None
         assert stream is not None
-        if drain:  # the budget is spent: what is left is the usage report
+        if drain:  # what is left is the usage report
             for _ in self._tokens:  # type: ignore[union-attr]
                 pass
         else:

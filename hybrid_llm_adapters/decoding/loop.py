@@ -86,6 +86,7 @@ class RequestDecoder:
             self.mode, self.probe_failure = "replace", e
         self.strategy = build_mode(self.mode, self)
         self._one_token: Replace | None = None  # block_verify's plain call where only that fits the guard
+        self._window: Replace | None = None  # a decision window's call, in any mode
         self.ledger = UsageLedger(requests=1, prompt_tokens=self.n_prompt, cloud_mode=self.mode)
         self.release = TextRelease(self.tokenizer, gen.stop)
         self.events: list[TokenEvent] = []
@@ -182,7 +183,7 @@ class RequestDecoder:
             self.cloud_failed(error, prefix_len)
             return None
         dense = self.handoff.record(True)
-        call = self._affordable_call(prefix_len)
+        call = self._decision_call(p, prefix_len) or self._affordable_call(prefix_len)
         self.ledger.cost_guard_trips += call is None
         if dense or call is None:
             if p.fed:
@@ -195,6 +196,16 @@ class RequestDecoder:
             if call is None:
                 return None
         return call(p)
+
+    def _decision_call(self, p: Proposal, prefix_len: int) -> Callable[[Proposal], list[Produced] | None] | None:
+        """A decision window of several tokens: the cloud writes all of it in one call (a block check stops at
+        the first miss, and the guard refuses the calls that would cover the rest); None when there is no
+        such window or the guard refuses it (the mode's own call is tried next)."""
+        if p.window < 2 or not self.guard.allows(prefix_len, prefix_len, tokens=p.window):
+            return None
+        self._window = self._window or Replace(self)
+        self.ledger.decision_checks += p.window - 1  # the window's other positions are decided here too
+        return lambda q: self._window.handle(q, window=p.window)  # type: ignore[union-attr]
 
     def _affordable_call(self, prefix_len: int) -> Callable[[Proposal], list[Produced] | None] | None:
         """The mode's call, shrunk to what the cost guard allows; None when not even one token's call fits.
@@ -227,11 +238,11 @@ class RequestDecoder:
         step = RouterStep(logits, candidate, ids, hidden, context_hidden, self.scorer_state, self.gen)
         score = self.router.score(step)
         want_cloud = self.router.use_cloud(score, step)
-        if not want_cloud and self.cloud is not None and (self.produced_total < (self.gen.decision_tokens or 0)
-                                                          or self.markers.active()):
+        window = max((self.gen.decision_tokens or 0) - self.produced_total, 0)
+        if self.cloud is not None and (window or self.markers.active()):
             want_cloud = True  # a decision point: the cloud decides it whatever the score
             self.ledger.decision_checks += 1
-        return Proposal(candidate, probs, score, want_cloud, fed)
+        return Proposal(candidate, probs, score, want_cloud, fed, window)
 
     def _keep_local(self, p: Proposal) -> list[Produced]:
         if not p.fed:

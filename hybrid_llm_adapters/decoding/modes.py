@@ -48,10 +48,12 @@ class Replace(CloudMode):
         self.m = min(self.m * 2, d.gen.max_lookahead) if d.last_was_cloud else 1
         return self.m
 
-    def handle(self, p: Proposal) -> list[Produced] | None:
+    def handle(self, p: Proposal, window: int | None = None) -> list[Produced] | None:
+        """``window``: a decision point's tokens, all written by the cloud in this one call (an end of the
+        answer inside the window ends it)."""
         d = self.d
         prefix_len = len(d.state.ids) - p.fed
-        m = self.size()
+        m = window or self.size()
         reply = d.call(lambda prefix: d.cloud.next_tokens(prefix, d.gen, m, d.seed()), prefix_len)
         if reply is None:
             return None
@@ -61,7 +63,10 @@ class Replace(CloudMode):
             fed = False
         new_ids = d.reply_ids(reply)
         d.state.append(new_ids[1:] if fed else new_ids)
-        return [Produced(new_ids[0], "cloud", p.score, p.candidate)] + [Produced(t, "cloud") for t in new_ids[1:]]
+        produced = [Produced(new_ids[0], "cloud", p.score, p.candidate)] + [Produced(t, "cloud") for t in new_ids[1:]]
+        if window and reply.finish_reason == "stop" and len(new_ids) < window and new_ids[-1] not in d.eos:
+            produced.append(Produced(next(iter(d.eos)), "cloud"))  # the cloud ended the answer in the window
+        return produced
 
 
 class Verify(CloudMode):

@@ -27,3 +27,4 @@ class Proposal:
     score: float | None
     want_cloud: bool
     fed: bool  # the candidate is already appended to the SLM state (trunk reward scoring)
+    window: int = 0  # a decision point's tokens still to come from the cloud (this one included)
