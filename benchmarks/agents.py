@@ -43,11 +43,10 @@ RECORDS = HERE / "results" / "agents"
 OUT = HERE / "results" / "agents.json"
 DOC = HERE.parent / "docs" / "agents.md"
 # hybrid: the defaults (the cloud writes each turn's first 16 tokens); hybrid-nodecision: the same without
-# decision points (the router alone decides each turn's opening); hybrid-decision1: only the turn's first token
-# is the cloud's; hybrid-decision32: the first 32
+# decision points (the router alone decides each turn's opening); hybrid-decisionN: the cloud writes the
+# turn's first N tokens (N=1: only the first token)
 SYSTEMS = {"hybrid": {}, "hybrid-nodecision": {"generation_options": {"decision_tokens": 0}},
-           "hybrid-decision1": {"generation_options": {"decision_tokens": 1}},
-           "hybrid-decision32": {"generation_options": {"decision_tokens": 32}},
+           **{f"hybrid-decision{n}": {"generation_options": {"decision_tokens": n}} for n in (1, 8, 32)},
            "cloud": {"router": "cloud"}, "slm": {"router": "local"}}
 FRAMEWORKS = ("langchain", "llamaindex")
 STEP_LIMIT = {"langchain": 12, "llamaindex": 6}  # LangGraph super-steps (about 5 tool rounds); agent turns
@@ -237,6 +236,7 @@ def summarize(ids: list[str]) -> dict[str, Any]:
             mine = [UsageLedger.model_validate(recs[system][i]["ledger"]) for i in paired]
             cloud = [UsageLedger.model_validate(recs["cloud"][i]["ledger"]) for i in paired]
             cloud_sh = sum(self_hosted_cost(g, SelfHostedPrices()) for g in cloud)
+            cloud_shared = sum(self_hosted_cost(g, SelfHostedPrices(), server_cache=True) for g in cloud)
             cloud_api = sum(g.cost_usd for g in cloud)
             rows[f"{framework}/{system}"] = {
                 "framework": framework, "system": system, "tasks": len(rs), "successes": ok,
@@ -253,6 +253,9 @@ def summarize(ids: list[str]) -> dict[str, Any]:
                 "tasks_paired_with_cloud_only": len(paired),
                 "self_hosted_cost_vs_cloud_only": (sum(self_hosted_cost(g, SelfHostedPrices()) for g in mine) / cloud_sh
                                                    if cloud_sh else None),
+                "self_hosted_shared_cache_cost_vs_cloud_only": (
+                    sum(self_hosted_cost(g, SelfHostedPrices(), server_cache=True) for g in mine) / cloud_shared
+                    if cloud_shared else None),
                 "api_cost_vs_cloud_only": sum(g.cost_usd for g in mine) / cloud_api if cloud_api else None,
                 "api_cost_vs_own_counterfactual": total.cost_usd / total.cloud_only_cost_usd
                 if total.cloud_only_cost_usd else None,
@@ -265,7 +268,11 @@ def summarize(ids: list[str]) -> dict[str, Any]:
             targets[framework] = {
                 "success_vs_cloud_only": h["success"] / c["success"] if c["success"] else None,
                 "success_target_0.95_met": c["success"] > 0 and h["success"] >= 0.95 * c["success"],
+                "self_hosted_cost_vs_cloud_only": h["self_hosted_cost_vs_cloud_only"],
                 "self_hosted_cost_target_0.25_met": (h["self_hosted_cost_vs_cloud_only"] or 1) <= 0.25,
+                "self_hosted_shared_cache_cost_vs_cloud_only": h["self_hosted_shared_cache_cost_vs_cloud_only"],
+                "self_hosted_shared_cache_cost_target_0.25_met":
+                    (h["self_hosted_shared_cache_cost_vs_cloud_only"] or 1) <= 0.25,
                 "no_task_at_step_limit": h["tasks_at_step_limit"] == 0,
             }
     return {"rows": rows, "targets": targets}
@@ -274,7 +281,7 @@ def summarize(ids: list[str]) -> dict[str, Any]:
 def write_doc(summary: dict[str, Any]) -> None:
     head = ["framework", "system", "tasks", "success [95% CI]", "lookup / calc / two-step", "tool calls",
             "turns", "loops (step limit)", "repeats guarded", "cloud share", "self-hosted cost / cloud-only",
-            "API cost / cloud-only"]
+            "self-hosted, shared cache", "API cost / cloud-only"]
     body = []
     for r in summary["rows"].values():
         k = {kind: "-" if v is None else f"{v:.2f}" for kind, v in r["by_kind"].items()}
@@ -284,8 +291,9 @@ def write_doc(summary: dict[str, Any]) -> None:
                      f"{r['tool_calls_per_task']:.2f}", f"{r['turns_per_task']:.2f}",
                      f"{r['tasks_with_loops']} ({r['tasks_at_step_limit']})", r["repeated_tool_calls_guarded"],
                      f"{r['cloud_share']:.1%}",
-                     "-" if r["self_hosted_cost_vs_cloud_only"] is None else f"{r['self_hosted_cost_vs_cloud_only']:.2f}x",
-                     "-" if r["api_cost_vs_cloud_only"] is None else f"{r['api_cost_vs_cloud_only']:.2f}x"])
+                     *("-" if r[key] is None else f"{r[key]:.2f}x" for key in (
+                         "self_hosted_cost_vs_cloud_only", "self_hosted_shared_cache_cost_vs_cloud_only",
+                         "api_cost_vs_cloud_only"))])
     write_section("agents", markdown_table(head, body), DOC)
 
 

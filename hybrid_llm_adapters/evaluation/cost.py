@@ -60,8 +60,12 @@ def api_cost(ledger: UsageLedger, prices: PriceTable) -> float:
             + ledger.billed_completion_tokens * prices.output_per_mtok) / 1e6 + prices.per_call * ledger.cloud_calls
 
 
-def self_hosted_cost(ledger: UsageLedger, prices: SelfHostedPrices) -> float:
-    uncached = uncached_prompt_tokens(ledger)
+def self_hosted_cost(ledger: UsageLedger, prices: SelfHostedPrices, server_cache: bool = False) -> float:
+    """``server_cache``: prefill only what the server reported it did not serve from its prefix cache (a cache
+    shared across requests, e.g. an agent's turns and tasks that re-send one system prompt and tool schemas);
+    otherwise each request computes its own prefix once (the ideal in-request bound)."""
+    uncached = (ledger.billed_prompt_tokens - ledger.cached_prompt_tokens if server_cache
+                and ledger.cache_basis == "server" else uncached_prompt_tokens(ledger))
     cached = ledger.billed_prompt_tokens - uncached
     return (uncached * prices.prefill_per_mtok + cached * prices.cached_prefill_per_mtok
             + ledger.billed_completion_tokens * prices.decode_per_mtok) / 1e6 + prices.per_call * ledger.cloud_calls

@@ -114,6 +114,10 @@ def test_costs_in_two_deployments_and_remote_projection() -> None:
     assert api_cost(led, prices) == pytest.approx((416 * 1.0 + 4 * 2.0) / 1e6)
     hosted = SelfHostedPrices(prefill_per_mtok=1.0, cached_prefill_per_mtok=0.0, decode_per_mtok=10.0)
     assert self_hosted_cost(led, hosted) == pytest.approx((110 * 1.0 + 4 * 10.0) / 1e6)
+    # a cache shared across requests, as the server reported it: only what it did not serve is prefilled
+    served = led.model_copy(update={"cached_prompt_tokens": 380, "cache_basis": "server"})
+    assert self_hosted_cost(served, hosted, server_cache=True) == pytest.approx((36 * 1.0 + 4 * 10.0) / 1e6)
+    assert self_hosted_cost(led, hosted, server_cache=True) == self_hosted_cost(led, hosted)  # nothing reported
     remote = RemoteCloud(rtt_s=0.1, decode_tokens_per_s=40.0, prefill_tokens_per_s=1100.0)
     assert remote_seconds(led, remote) == pytest.approx(1.0 + 0.4 + 110 / 1100 + 4 / 40)
     assert api_cost(UsageLedger(local_tokens=5), PriceTable(per_call=1.0)) == 0.0  # no calls, no per-call fee
