@@ -80,4 +80,5 @@ def test_a_cloud_only_answer_books_what_the_server_cached(real_slm_dir: Path, cl
         delta = settled_delta(cloud_base_url, before, led.cloud_calls)
         assert {f: getattr(led, f) for f in COUNTERS.values()} == {f: delta[c] for c, f in COUNTERS.items()}
         ledgers.append(led)
-    assert ledgers[1].cached_prompt_tokens >= 16 and ledgers[1].cost_usd < ledgers[0].cost_usd
+    # served from the cache (the first ask may be too, after earlier tests), and priced so
+    assert ledgers[1].cached_prompt_tokens >= 16 and ledgers[1].cost_usd < ledgers[1].cloud_only_cost_usd
