@@ -15,7 +15,7 @@ from hybrid_llm_adapters import GenerationConfig, HybridEngine
 from hybrid_llm_adapters.cloud.verify import cloud_distribution, verify_draft
 from hybrid_llm_adapters.config import PriceTable
 from hybrid_llm_adapters.local.slm import load_local_model
-from hybrid_llm_adapters.routing import EntropyRouter
+from hybrid_llm_adapters.routing import AlwaysLocalRouter, EntropyRouter
 from hybrid_llm_adapters.routing.routers import CloudPerTokenRouter
 
 # the per-token machinery under test: a self-hosted price table keeps the cost guard and hand-off off
@@ -141,19 +141,32 @@ def test_a_decision_window_is_the_clouds_in_one_call(slm, cloud_model, mode: str
 
 
 class EndsAfterTwo(TransformersCloud):
-    """The cloud ends its answer after two tokens, as vLLM reports it: finish 'stop', no end token in the text."""
+    """The cloud's answer is its first two tokens, then its end, as vLLM reports it: finish 'stop', no end token
+    in the reply."""
+
+    def __init__(self, local, answer_start: int):  # type: ignore[no-untyped-def]
+        super().__init__(local)
+        self.answer_start = answer_start
 
     def next_tokens(self, prompt, gen, n, seed=None, logprobs=None):  # type: ignore[no-untyped-def]
-        reply = super().next_tokens(prompt, gen, 2, seed, logprobs)
-        reply.tokens = [t for t in reply.tokens if t.token_id not in self.local.eos_token_ids]
-        reply.finish_reason = reply.tokens[-1].finish_reason = "stop"
+        left = 2 - (len(self._ids(prompt)) - self.answer_start)
+        reply = super().next_tokens(prompt, gen, min(n, left), seed, logprobs)
+        if left <= n:
+            reply.finish_reason = "stop"
+            if reply.tokens:
+                reply.tokens[-1].finish_reason = "stop"
         return reply
 
 
-def test_an_answer_the_cloud_ends_inside_its_decision_window_ends(slm, cloud_model) -> None:
-    cloud = EndsAfterTwo(cloud_model)
-    engine = HybridEngine(slm, EntropyRouter(1e9), cloud, SELF_HOSTED)  # type: ignore[arg-type]
-    ids = prompt(engine)
-    result = engine.generate(ids, GenerationConfig(max_new_tokens=14, decision_tokens=6))
+@pytest.mark.parametrize("mode", ["window", "lookahead"])
+def test_an_answer_the_cloud_ends_inside_a_call_of_several_tokens_ends(slm, cloud_model, mode: str) -> None:
+    """A decision window, or lookahead's second call (two tokens asked, one given, then the end): the answer
+    ends where the cloud ended it, with no further call."""
+    ids = prompt(HybridEngine(slm, AlwaysLocalRouter()))
+    cloud = EndsAfterTwo(cloud_model, len(ids))
+    engine = HybridEngine(slm, EntropyRouter(1e9 if mode == "window" else -1.0), cloud, SELF_HOSTED)  # type: ignore[arg-type]
+    gen = GenerationConfig(max_new_tokens=14, decision_tokens=6) if mode == "window" else \
+        GenerationConfig(max_new_tokens=14, cloud_mode="lookahead")
+    result = engine.generate(ids, gen)
     assert result.token_ids == greedy_reference(cloud_model, ids, 2)
-    assert result.finish_reason == "stop" and len(cloud.calls) == 1
+    assert result.finish_reason == "stop" and len(cloud.calls) == (1 if mode == "window" else 2)

@@ -85,8 +85,7 @@ class RequestDecoder:
         except CloudError as e:  # reported at the first cloud need, as that call's failure (one, not two)
             self.mode, self.probe_failure = "replace", e
         self.strategy = build_mode(self.mode, self)
-        self._one_token: Replace | None = None  # block_verify's plain call where only that fits the guard
-        self._window: Replace | None = None  # a decision window's call, in any mode
+        self._replace: Replace | None = None  # plain calls beside the mode's own (see _plain)
         self.ledger = UsageLedger(requests=1, prompt_tokens=self.n_prompt, cloud_mode=self.mode)
         self.release = TextRelease(self.tokenizer, gen.stop)
         self.events: list[TokenEvent] = []
@@ -203,9 +202,20 @@ class RequestDecoder:
         such window or the guard refuses it (the mode's own call is tried next)."""
         if p.window < 2 or not self.guard.allows(prefix_len, prefix_len, tokens=p.window):
             return None
-        self._window = self._window or Replace(self)
-        self.ledger.decision_checks += p.window - 1  # the window's other positions are decided here too
-        return lambda q: self._window.handle(q, window=p.window)  # type: ignore[union-attr]
+
+        def window_call(q: Proposal) -> list[Produced] | None:
+            produced = self._plain().handle(q, window=p.window)
+            if produced:  # the positions after this one that the call decided (this one is counted already)
+                self.ledger.decision_checks += len(produced) - 1
+            return produced
+
+        return window_call
+
+    def _plain(self) -> Replace:
+        """A plain replace call in any mode: block_verify's one-token call where only that fits the guard, and
+        decision windows."""
+        self._replace = self._replace or Replace(self)
+        return self._replace
 
     def _affordable_call(self, prefix_len: int) -> Callable[[Proposal], list[Produced] | None] | None:
         """The mode's call, shrunk to what the cost guard allows; None when not even one token's call fits.
@@ -219,8 +229,7 @@ class RequestDecoder:
                 if self.guard.allows(prefix_len + k, prefix_len, echo=True):
                     return lambda p, k=k: block.handle(p, max_drafts=k)  # type: ignore[misc]
             if self.guard.allows(prefix_len, prefix_len):
-                self._one_token = self._one_token or Replace(self)
-                return self._one_token.handle
+                return self._plain().handle
             return None
         return self.strategy.handle if self.guard.allows(prefix_len, prefix_len) else None
 

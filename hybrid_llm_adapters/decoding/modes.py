@@ -49,8 +49,8 @@ class Replace(CloudMode):
         return self.m
 
     def handle(self, p: Proposal, window: int | None = None) -> list[Produced] | None:
-        """``window``: a decision point's tokens, all written by the cloud in this one call (an end of the
-        answer inside the window ends it)."""
+        """``window``: a decision point's tokens, all written by the cloud in this one call. When the cloud
+        ends the answer within a call of several tokens (a window, lookahead), the answer ends there."""
         d = self.d
         prefix_len = len(d.state.ids) - p.fed
         m = window or self.size()
@@ -64,8 +64,8 @@ class Replace(CloudMode):
         new_ids = d.reply_ids(reply)
         d.state.append(new_ids[1:] if fed else new_ids)
         produced = [Produced(new_ids[0], "cloud", p.score, p.candidate)] + [Produced(t, "cloud") for t in new_ids[1:]]
-        if window and reply.finish_reason == "stop" and len(new_ids) < window and new_ids[-1] not in d.eos:
-            produced.append(Produced(next(iter(d.eos)), "cloud"))  # the cloud ended the answer in the window
+        if reply.finish_reason == "stop" and new_ids[-1] not in d.eos:  # ended by its end token, not in the text
+            produced.append(Produced(next(iter(d.eos)), "cloud"))
         return produced
 
 
