@@ -11,10 +11,12 @@ of generated tokens, and cost relative to cloud-only: on the self-hosted view (`
 API view (the default price table), and the ledger's own cloud-only counterfactual.
 
     python benchmarks/agents.py --concurrency 8          # all frameworks and systems (resumable)
+    python benchmarks/agents.py --max-tokens 96          # the earlier runs' cap on each turn
     python benchmarks/agents.py --summarize-only
 
-Records: benchmarks/results/agents/<framework>-<system>.jsonl; writes benchmarks/results/agents.json and the
-table in docs/agents.md.
+Each turn may write at most ``--max-tokens`` tokens (default 256). Records:
+benchmarks/results/agents/max<N>/<framework>-<system>.jsonl; writes benchmarks/results/agents.json (one
+summary per cap) and the cap's table in docs/agents.md.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ SYSTEMS = {"hybrid": {}, "hybrid-nodecision": {"generation_options": {"decision_
            **{f"hybrid-decision{n}": {"generation_options": {"decision_tokens": n}} for n in (1, 8, 32)},
            "cloud": {"router": "cloud"}, "slm": {"router": "local"}}
 FRAMEWORKS = ("langchain", "llamaindex")
+MAX_TOKENS = 256  # per turn: 96 cut verbose answers off before their number (docs/agents.md)
 STEP_LIMIT = {"langchain": 12, "llamaindex": 6}  # LangGraph super-steps (about 5 tool rounds); agent turns
 SYSTEM_PROMPT = ("You are a helpful assistant for a community garden and its office. Use the tools to look up "
                  "facts and to compute exactly; answer with the number the question asks for.")
@@ -112,9 +115,9 @@ def succeeded(answer: str, expected: int) -> bool:
     return str(expected) in re.sub(r"(?<=\d)[,_ ](?=\d{3}\b)", "", answer)
 
 
-def settings(system: str, base_url: str, cloud_model: str, slm: str) -> dict[str, Any]:
-    return {"model": slm, "base_url": base_url, "cloud_model": cloud_model, "max_tokens": 96, "timeout": 300.0,
-            **SYSTEMS[system]}
+def settings(system: str, base_url: str, cloud_model: str, slm: str, max_tokens: int) -> dict[str, Any]:
+    return {"model": slm, "base_url": base_url, "cloud_model": cloud_model, "max_tokens": max_tokens,
+            "timeout": 300.0, **SYSTEMS[system]}
 
 
 # -- one task per framework ---------------------------------------------------------------------------------
@@ -217,12 +220,12 @@ def load(path: Path) -> list[dict[str, Any]]:
 
 # -- summary ----------------------------------------------------------------------------------------------
 
-def summarize(ids: list[str]) -> dict[str, Any]:
+def summarize(ids: list[str], records: Path) -> dict[str, Any]:
     """Rows per framework and system over the tasks that system has answered; cost ratios against cloud-only
     over the tasks both answered (a partial run says so in ``tasks``)."""
     rows: dict[str, dict[str, Any]] = {}
     for framework in FRAMEWORKS:
-        recs = {s: {r["id"]: r for r in load(RECORDS / f"{framework}-{s}.jsonl")} for s in SYSTEMS}
+        recs = {s: {r["id"]: r for r in load(records / f"{framework}-{s}.jsonl")} for s in SYSTEMS}
         for system in SYSTEMS:
             done = [i for i in ids if i in recs[system]]
             if not done:
@@ -278,7 +281,7 @@ def summarize(ids: list[str]) -> dict[str, Any]:
     return {"rows": rows, "targets": targets}
 
 
-def write_doc(summary: dict[str, Any]) -> None:
+def write_doc(summary: dict[str, Any], max_tokens: int) -> None:
     head = ["framework", "system", "tasks", "success [95% CI]", "lookup / calc / two-step", "tool calls",
             "turns", "loops (step limit)", "repeats guarded", "cloud share", "self-hosted cost / cloud-only",
             "self-hosted, shared cache", "API cost / cloud-only"]
@@ -294,7 +297,7 @@ def write_doc(summary: dict[str, Any]) -> None:
                      *("-" if r[key] is None else f"{r[key]:.2f}x" for key in (
                          "self_hosted_cost_vs_cloud_only", "self_hosted_shared_cache_cost_vs_cloud_only",
                          "api_cost_vs_cloud_only"))])
-    write_section("agents", markdown_table(head, body), DOC)
+    write_section(f"agents_max{max_tokens}", markdown_table(head, body), DOC)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,25 +307,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stride", type=int, default=1, help="every k-th task (a sample that keeps every kind)")
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="cap on each turn's answer")
     ap.add_argument("--summarize-only", action="store_true")
     args = ap.parse_args(argv)
     all_tasks = tasks()[:: args.stride][: args.limit]
-    RECORDS.mkdir(parents=True, exist_ok=True)
+    records = RECORDS / f"max{args.max_tokens}"
+    records.mkdir(parents=True, exist_ok=True)
     if not args.summarize_only:
         status = start_server(VLLMServerConfig())
         slm = str(resolve_model(DEFAULT_SLM))
         for framework in args.frameworks.split(","):
             for system in args.systems.split(","):
-                path = RECORDS / f"{framework}-{system}.jsonl"
+                path = records / f"{framework}-{system}.jsonl"
                 done = {r["id"] for r in load(path)}
                 todo = [t for t in all_tasks if t["id"] not in done]
                 if todo:
-                    kwargs = settings(system, status.base_url, VLLMServerConfig().name, slm)
+                    kwargs = settings(system, status.base_url, VLLMServerConfig().name, slm, args.max_tokens)
                     asyncio.run(run_config(framework, system, todo, kwargs, path, args.concurrency))
-    summary = summarize([t["id"] for t in all_tasks])
-    OUT.write_text(json.dumps({"machine": platform.platform(), "tasks": len(all_tasks),
-                               "step_limits": STEP_LIMIT, **summary}, indent=2) + "\n")
-    write_doc(summary)
+    summary = summarize([t["id"] for t in all_tasks], records)
+    by_cap = json.loads(OUT.read_text()).get("by_max_tokens", {}) if OUT.exists() else {}
+    by_cap[str(args.max_tokens)] = {"tasks": len(all_tasks), **summary}
+    OUT.write_text(json.dumps({"machine": platform.platform(), "step_limits": STEP_LIMIT,
+                               "by_max_tokens": dict(sorted(by_cap.items(), key=lambda kv: int(kv[0])))},
+                              indent=2) + "\n")
+    write_doc(summary, args.max_tokens)
     print(json.dumps(summary["targets"], indent=2))
     return 0
 
