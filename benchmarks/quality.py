@@ -135,12 +135,13 @@ def router_pairs(runs: list[EvalRun]) -> list[dict[str, Any]]:
     return pairs
 
 
-def check_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def check_targets(rows: list[dict[str, Any]], task: str) -> dict[str, Any]:
     """The issue's target: >= 95 % of cloud-only accuracy at <= 15 % activation with no significant paired loss
-    (stretch: <= 10 %). Read at the most accurate hybrid row within each budget."""
+    (stretch: <= 10 %). Read at the most accurate hybrid row within each budget among the rows that answered all
+    their problems (a partial row's first problems say nothing about the rest)."""
     out: dict[str, Any] = {}
     for label, budget in (("target", TARGET_ACTIVATION), ("stretch", STRETCH_ACTIVATION)):
-        eligible = [r for r in rows if r["system"] == "hybrid" and r["problems"]
+        eligible = [r for r in rows if r["system"] == "hybrid" and r["problems"] >= FRONTIER_LIMITS[task]
                     and r["activation_ratio"] <= budget and r.get("accuracy_vs_cloud_only") is not None]
         best = max(eligible, key=lambda r: (r["accuracy_vs_cloud_only"], -r["activation_ratio"]), default=None)
         if best is None:
@@ -219,7 +220,7 @@ def report(runs: dict[str, list[EvalRun]], deployments: Deployments, meta: dict[
         baselines = {r.config.system: r for r in task_runs if r.config.system != "hybrid"}
         rows = [summarize_row(r, baselines, deployments) for r in task_runs]
         done = [r for r in rows if r["problems"]]
-        t = check_targets(done)
+        t = check_targets(done, task)
         rp = router_pairs(task_runs)
         pairs += [[task, p["share"], p["n"], p["reward_correct"], p["entropy_correct"],
                    f"{p['right_only_here']}/{p['right_only_there']}", f"{p['p']:.3g}"] for p in rp]
