@@ -157,7 +157,7 @@ class GenerationConfig(BaseModel):
         "cloud finishes the answer in one streamed call; auto: on for a pay-per-token API, off when self-hosted")
     decision_tokens: int | None = Field(
         None, ge=0, description="the answer's first N tokens are written by the cloud in one call, whatever the "
-        "router's score (a decision point: with tools offered the turn's opening says call or answer); None: 16 "
+        "router's score (a decision point: with tools offered the turn's opening says call or answer); None: 8 "
         "when the chat offers tools and leaves the choice open, else 0")
     decision_markers: list[str] = Field(
         default_factory=list, description="structural points in text protocols: after any of these strings, the "
