@@ -21,7 +21,7 @@ from .chat import (
     parse_tool_calls,
     render_chat,
 )
-from .config import GenerationConfig
+from .config import TOOL_TURN_DECISION_TOKENS, GenerationConfig
 from .errors import ConfigError
 from .events import GenerationResult, TokenEvent
 from .tool_stream import Delta, ToolCallStreamParser, parse_untagged_tool_calls
@@ -109,12 +109,6 @@ def prepare_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dic
     prefix = forced_tool_prefix(tool_choice, tool_names(tools), no_argument_tools(tools)) if tools else ""
     ids = render_chat(tokenizer, messages, tools, assistant_prefix=prefix)
     return PreparedChat(ids, prefix, list(tools or []))
-
-
-# the turn's opening the cloud writes when tools are offered: a call's name, or an answer's first words. Chosen
-# from the agent benchmark at a 256-token cap (docs/agents.md): 8 succeeded as often as 16 (0.71 in both
-# frameworks, 0.97x cloud-only) at 0.30-0.35x its self-hosted cost against 0.38-0.59x
-TOOL_TURN_DECISION_TOKENS = 8
 
 
 def with_decision_points(prepared: PreparedChat, gen: GenerationConfig) -> GenerationConfig:

@@ -19,6 +19,12 @@ from .errors import ConfigError
 RouterKind = Literal["reward", "entropy", "max_prob", "perturbation", "local", "cloud", "cloud_per_token"]
 
 
+# the turn's opening the cloud writes when tools are offered: a call's name, or an answer's first words. Chosen
+# from the agent benchmark at a 256-token cap (docs/agents.md): 8 succeeded as often as 16 (0.71 in both
+# frameworks, 0.97x cloud-only) at 0.30-0.35x its self-hosted cost against 0.38-0.59x
+TOOL_TURN_DECISION_TOKENS = 8
+
+
 class RouterSpec(NamedTuple):
     """What a router kind scores, in which units, and its default threshold (None: it does not score)."""
 
@@ -157,8 +163,8 @@ class GenerationConfig(BaseModel):
         "cloud finishes the answer in one streamed call; auto: on for a pay-per-token API, off when self-hosted")
     decision_tokens: int | None = Field(
         None, ge=0, description="the answer's first N tokens are written by the cloud in one call, whatever the "
-        "router's score (a decision point: with tools offered the turn's opening says call or answer); None: 8 "
-        "when the chat offers tools and leaves the choice open, else 0")
+        "router's score (a decision point: with tools offered the turn's opening says call or answer); None: "
+        f"{TOOL_TURN_DECISION_TOKENS} when the chat offers tools and leaves the choice open, else 0")
     decision_markers: list[str] = Field(
         default_factory=list, description="structural points in text protocols: after any of these strings, the "
         "rest of the line (at most decision_window tokens) is the cloud's, whatever the router says; e.g. "
