@@ -19,9 +19,7 @@ Writes benchmarks/results/reward_features.json and its table in docs/reward.md.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from readme_table import markdown_table, write_section
-from reward_model import DOCS_PAGE, TOP1, paired_bootstrap
+from reward_model import DOCS_PAGE, ENTROPY, TOP1, paired_bootstrap
 
 from hybrid_llm_adapters.local.reward import STAT_NAMES
 from hybrid_llm_adapters.models import DEFAULT_SLM
@@ -51,12 +49,12 @@ VARIANTS = {  # name: (extra MLP inputs, linear terms)
     "logit stats + token embedding + history": (("history",), ("embedding",)),
     "... + lookahead (one-token delay)": (("history", "lookahead"), ("embedding",)),
 }
-ENTROPY = STAT_NAMES.index("entropy")
 POSITION_FREE = [i for i, n in enumerate(STAT_NAMES) if not n.startswith(("candidate", "gap"))]
 
 
 def sequence_features(records: list[dict], store: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per token, from the response's own stats: what came before it (history) and the next position (lookahead)."""
+    """Per token: the response's own stats before it (history) and at the next position (lookahead), and the
+    layer-12 input at its producing position (mid)."""
     history, lookahead, mid = [], [], []
     for r in records:
         s = store[f"{key(r)}/slm_stats"].float()
@@ -114,14 +112,8 @@ def main() -> None:
     if args.render_only:
         write_section("reward_features", render(json.loads(out_json.read_text())), DOCS_PAGE)
         return
-    labels = args.labels
-    if labels.suffix == ".gz":
-        labels = args.work / labels.stem
-        args.work.mkdir(parents=True, exist_ok=True)
-        with gzip.open(args.labels) as src, open(labels, "wb") as dst:
-            shutil.copyfileobj(src, dst)
     start = time.perf_counter()
-    lm, _, records, store = load_labelled(labels, args.work / f"features_mid{TOP_LAYERS}.safetensors", DEFAULT_SLM,
+    lm, _, records, store = load_labelled(args.labels, args.work / f"features_mid{TOP_LAYERS}.safetensors", DEFAULT_SLM,
                                           mid_layers=TOP_LAYERS)
     feature_s = time.perf_counter() - start
     embeddings = lm.get_input_embeddings().weight.detach().float()
