@@ -72,6 +72,9 @@ def row_configs(task: str) -> list[EvalConfig]:
                  hybrid(f"entropy@{share}", "entropy", matched[share]["entropy"])]
     # what HybridChatModel does out of the box (its router, threshold, cloud mode, hand-off and cost guard)
     rows.append(EvalConfig(task=task, system="hybrid", cloud_mode=GenerationConfig().cloud_mode, label="defaults"))
+    # the first default (entropy 1.0), kept beside the one this frontier chose
+    rows.append(EvalConfig(task=task, system="hybrid", router=RouterConfig(kind="entropy", threshold=1.0),
+                           cloud_mode=GenerationConfig().cloud_mode, label="defaults-t1.0"))
     rows += [hybrid("reward@30%", "reward", matched["30%"]["reward"]),
              hybrid("entropy@30%", "entropy", matched["30%"]["entropy"])]
     rows += [hybrid(f"max_prob@{s}", "max_prob", matched[s]["max_prob"]) for s in ("10%", "20%", "30%")]

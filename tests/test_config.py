@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from hybrid_llm_adapters import CloudConfig, EngineConfig, GenerationConfig, RouterConfig, UsageLedger
 from hybrid_llm_adapters.accounting import call_cost
 from hybrid_llm_adapters.chat import forced_tool_prefix, parse_tool_calls
-from hybrid_llm_adapters.config import PriceTable
+from hybrid_llm_adapters.config import DEFAULT_ENTROPY_THRESHOLD, PriceTable
 from hybrid_llm_adapters.errors import ConfigError
 
 SECRET = "sk-live-abcdef-SECRET"
@@ -25,7 +25,7 @@ def test_bad_url_names_value_and_fix() -> None:
 def test_router_threshold_validation() -> None:
     with pytest.raises(ValidationError, match="must lie in"):
         RouterConfig(kind="max_prob", threshold=2.0)
-    assert RouterConfig(kind="entropy").threshold == 1.0
+    assert RouterConfig(kind="entropy").threshold == DEFAULT_ENTROPY_THRESHOLD == 0.27
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         RouterConfig(kind="local", threshold=0.3)

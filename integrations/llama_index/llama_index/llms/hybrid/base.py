@@ -82,7 +82,7 @@ class HybridChatModel(FunctionCallingLLM):
             model="qwen2.5-coder-0.5b-instruct",        # the on-device SLM (catalog name or folder)
             base_url="http://127.0.0.1:8765/v1",        # the cloud: any OpenAI-compatible endpoint
             cloud_model="qwen2.5-coder-1.5b-instruct",
-            router="entropy", threshold=1.0,            # cloud when the SLM's entropy > 1 nat
+            router="entropy", threshold=0.27,           # cloud when the SLM's entropy > 0.27 nats
             max_tokens=256,
         )
         resp = llm.chat([ChatMessage(role="user", content="Say hi")])
