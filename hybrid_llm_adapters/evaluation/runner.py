@@ -63,8 +63,10 @@ class EvalConfig(BaseModel):
             return False
 
     def identity(self) -> dict[str, Any]:
-        """What must match for records to be resumed into this configuration."""
-        data = self.model_dump(mode="json", exclude={"label"})
+        """What must match for records to be resumed into this configuration. The SLM alone and the cloud alone
+        never route, so their router and cloud mode are not part of it (a new default threshold keeps them)."""
+        routing = {"router", "cloud_mode"} if self.system != "hybrid" else set()
+        data = self.model_dump(mode="json", exclude={"label", *routing})
         data["max_new_tokens"] = self.max_new_tokens or get_task(self.task).max_new_tokens
         return data
 

@@ -146,6 +146,11 @@ def test_eval_config_identity_and_names() -> None:
     c = EvalConfig(task="humaneval", router={"kind": "entropy", "threshold": 0.5}, cloud_mode="block_verify")
     assert c.name() == "entropy-t0.5-block_verify"
     assert c.identity()["max_new_tokens"] == get_task("humaneval").max_new_tokens
+    # baselines never route: records written under another router or cloud mode still resume into them
+    slm_header = EvalConfig(system="slm", router={"kind": "entropy", "threshold": 9.0}, cloud_mode="verify")
+    assert EvalConfig(system="slm").same_as(slm_header.model_dump(mode="json"))
+    assert not c.same_as(EvalConfig(task="humaneval", router={"kind": "entropy", "threshold": 0.6},
+                                    cloud_mode="block_verify").model_dump(mode="json"))
 
 
 def test_run_is_resumable_and_refuses_a_different_config(tiny_model_dir: Path, gsm8k_path: Path,
