@@ -47,9 +47,10 @@ DOC = HERE.parent / "docs" / "agents.md"
 # hybrid: the defaults (the cloud writes each turn's first 8 tokens) at entropy 1.0, the default threshold when
 # these rows were recorded (the quality frontier has since moved it to 0.27, docs/evaluation.md);
 # hybrid-nodecision: the same without decision points (the router alone decides each turn's opening);
-# hybrid-decisionN: the cloud writes the turn's first N tokens (N=1: only the first token)
+# hybrid-decisionN: the cloud writes the turn's first N tokens (N=1: only the first token); hybrid-t0.27: the
+# defaults at the threshold the quality frontier chose
 AGENT_THRESHOLD = {"threshold": 1.0}
-SYSTEMS = {"hybrid": AGENT_THRESHOLD,
+SYSTEMS = {"hybrid": AGENT_THRESHOLD, "hybrid-t0.27": {"threshold": 0.27},
            "hybrid-nodecision": {**AGENT_THRESHOLD, "generation_options": {"decision_tokens": 0}},
            **{f"hybrid-decision{n}": {**AGENT_THRESHOLD, "generation_options": {"decision_tokens": n}}
               for n in (1, 16, 32)},
