@@ -171,8 +171,10 @@ def test_run_is_resumable_and_refuses_a_different_config(tiny_model_dir: Path, g
     assert again.records["gsm8k-0"] == first.records["gsm8k-0"]
     rec = again.records["gsm8k-2"]
     assert rec["tokens"] == 4 and rec["finish_reason"] == "length" and rec["ledger"]["cloud_calls"] == 0
-    header = json.loads(lines[0])  # a header written before a field was added still matches
-    del header["config"]["router"]["check_reward_cloud"]
+    header = json.loads(lines[0])
+    assert "router" not in header["config"]  # the SLM alone never routes
+    del header["config"]["prices"]  # a header written before a field was added still matches,
+    header["config"]["router"] = {"kind": "entropy", "threshold": 1.0}  # and one that still named a router
     out.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
     assert len(EvalRun.open(config, out).records) == 3
     with pytest.raises(ConfigError, match="different configuration"):
