@@ -35,6 +35,7 @@ from readme_table import markdown_table, write_section
 from tqdm.auto import tqdm
 
 from hybrid_llm_adapters import UsageLedger
+from hybrid_llm_adapters.config import FIRST_ENTROPY_THRESHOLD
 from hybrid_llm_adapters.devtools.vllm_server import VLLMServerConfig, start_server
 from hybrid_llm_adapters.evaluation.cost import SelfHostedPrices, self_hosted_cost
 from hybrid_llm_adapters.evaluation.stats import wilson_interval
@@ -49,7 +50,7 @@ DOC = HERE.parent / "docs" / "agents.md"
 # hybrid-nodecision: the same without decision points (the router alone decides each turn's opening);
 # hybrid-decisionN: the cloud writes the turn's first N tokens (N=1: only the first token); hybrid-t0.27: the
 # defaults at the threshold the quality frontier chose
-AGENT_THRESHOLD = {"threshold": 1.0}
+AGENT_THRESHOLD = {"threshold": FIRST_ENTROPY_THRESHOLD}
 SYSTEMS = {"hybrid": AGENT_THRESHOLD, "hybrid-t0.27": {"threshold": 0.27},
            "hybrid-nodecision": {**AGENT_THRESHOLD, "generation_options": {"decision_tokens": 0}},
            **{f"hybrid-decision{n}": {**AGENT_THRESHOLD, "generation_options": {"decision_tokens": n}}

@@ -33,6 +33,7 @@ from readme_table import markdown_table, write_section
 
 from hybrid_llm_adapters import CloudConfig, GenerationConfig, RouterConfig
 from hybrid_llm_adapters.accounting import UsageLedger
+from hybrid_llm_adapters.config import FIRST_ENTROPY_THRESHOLD
 from hybrid_llm_adapters.engine import EngineConfig, get_engine
 from hybrid_llm_adapters.evaluation import Deployments, EvalConfig, get_task
 from hybrid_llm_adapters.evaluation.runner import EvalRun, run_eval, summarize
@@ -73,7 +74,7 @@ def row_configs(task: str) -> list[EvalConfig]:
     # what HybridChatModel does out of the box (its router, threshold, cloud mode, hand-off and cost guard)
     rows.append(EvalConfig(task=task, system="hybrid", cloud_mode=GenerationConfig().cloud_mode, label="defaults"))
     # the first default (entropy 1.0), kept beside the one this frontier chose
-    rows.append(EvalConfig(task=task, system="hybrid", router=RouterConfig(kind="entropy", threshold=1.0),
+    rows.append(EvalConfig(task=task, system="hybrid", router=RouterConfig(kind="entropy", threshold=FIRST_ENTROPY_THRESHOLD),
                            cloud_mode=GenerationConfig().cloud_mode, label="defaults-t1.0"))
     rows += [hybrid("reward@30%", "reward", matched["30%"]["reward"]),
              hybrid("entropy@30%", "entropy", matched["30%"]["entropy"])]
