@@ -13,6 +13,7 @@ from hybrid_llm_adapters.local.slm import load_local_model
 from hybrid_llm_adapters.routing import Router
 
 SHEET = PriceTable(input_per_mtok=1.0, cached_input_per_mtok=0.1, output_per_mtok=4.0, cached_from="rules")
+TEXTS = ["add 3 and 5", "say hello", "count to four", "name a color"]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,7 @@ def test_generation_settings_of_the_policies_are_checked() -> None:
 
 
 def test_the_guard_bounds_every_request_by_its_cloud_only_cost(slm, cloud_model) -> None:  # type: ignore[no-untyped-def]
-    texts = ["add 3 and 5", "say hello", "count to four", "name a color"]
-    for text in texts:
+    for text in TEXTS:
         unguarded = HybridEngine(slm, EveryOtherRouter(), TransformersCloud(cloud_model), SHEET)
         ids = prompt(unguarded, text)
         free = unguarded.generate(ids, GenerationConfig(max_new_tokens=30, max_cost_ratio=None, handoff="off"))
@@ -81,21 +81,46 @@ class FlagsAt(Router):
         return self.step in self.steps
 
 
-def test_the_guard_shrinks_a_block_before_it_hands_off(slm, cloud_model) -> None:  # type: ignore[no-untyped-def]
+def test_the_guard_shrinks_a_block_rather_than_refuse_it(slm, cloud_model) -> None:  # type: ignore[no-untyped-def]
     """At the first token a block's echo (prompt + drafts in, one token out) costs more than the cloud-only
-    answer so far, a one-token call exactly as much: the guard takes the one-token call rather than handing the
-    whole answer to the cloud; a few tokens later a block fits again."""
+    answer so far, a one-token call exactly as much: the guard takes the one-token call rather than refusing;
+    a few tokens later a block fits again."""
     cloud = TransformersCloud(cloud_model)
     engine = HybridEngine(slm, FlagsAt(1, 6), cloud, SHEET)
     ids = prompt(engine)
     result = engine.generate(ids, GenerationConfig(max_new_tokens=20, cloud_mode="block_verify",
-                                                   max_cost_ratio=1.0, handoff="on"))
+                                                   max_cost_ratio=1.0, handoff="off"))
     led = result.ledger
     assert led.cost_guard_trips == 0 and led.handed_off_tokens == 0, led
     assert led.cloud_calls == 2 and led.local_tokens > 10
     # the first call: the prompt alone (one token asked for); the second, at step 6: the prefix and a block
     assert len(cloud.calls[0]) == len(ids) and len(cloud.calls[1]) > len(ids) + 5
     assert led.cost_usd <= led.cloud_only_cost_usd * (1 + 1e-9)
+
+
+def test_with_the_hand_off_on_the_guard_keeps_its_cost_and_a_refusal_hands_off(slm, cloud_model) -> None:  # type: ignore[no-untyped-def]
+    """Without the reserve the per-token calls spend the budget, and later flags are refused with no hand-off
+    left that fits: the answer is stranded on the SLM. With it, the first refused call hands off, and the
+    request still ends at or below cloud-only."""
+    for text in TEXTS:
+        cloud = TransformersCloud(cloud_model)
+        # flags every other step but never densely (handoff_flags=8 of 8): only a refusal can hand off
+        engine = HybridEngine(slm, EveryOtherRouter(), cloud, SHEET)
+        ids = prompt(engine, text)
+        gen = GenerationConfig(max_new_tokens=30, max_cost_ratio=1.0, handoff="on", cloud_mode="replace",
+                               handoff_flags=8, handoff_window=8)
+        result = engine.generate(ids, gen)
+        led = result.ledger
+        assert led.cost_guard_trips == 1 and led.handed_off_tokens > 0, led  # one refusal, then the hand-off
+        assert led.cost_usd <= led.cloud_only_cost_usd * (1 + 1e-9), led
+        sources = [e.source for e in result.events if not e.final_flush]
+        # the first call is exempt from the reserve (a hand-off before it would be the cloud-only answer)
+        assert sources[:2] == ["local", "cloud"] and led.cloud_calls >= 2
+        assert sources[len(sources) - led.handed_off_tokens:] == ["cloud"] * led.handed_off_tokens
+        # the same flags with the hand-off off: calls until the budget is gone, then refusals the SLM absorbs
+        alone = HybridEngine(slm, EveryOtherRouter(), TransformersCloud(cloud_model), SHEET)
+        stranded = alone.generate(ids, gen.model_copy(update={"handoff": "off"})).ledger
+        assert stranded.cost_guard_trips > 1 and stranded.handed_off_tokens == 0
 
 
 def test_the_guard_holds_on_the_servers_bill_when_echo_calls_go_uncached(slm, cloud_model) -> None:  # type: ignore[no-untyped-def]
