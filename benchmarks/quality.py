@@ -76,6 +76,8 @@ def row_configs(task: str) -> list[EvalConfig]:
     # the first default (entropy 1.0), kept beside the one this frontier chose
     rows.append(EvalConfig(task=task, system="hybrid", router=RouterConfig(kind="entropy", threshold=FIRST_ENTROPY_THRESHOLD),
                            cloud_mode=GenerationConfig().cloud_mode, label="defaults-t1.0"))
+    # the defaults with per-token replace calls, which a provider's prefix cache serves (echo calls are uncached)
+    rows.append(EvalConfig(task=task, system="hybrid", cloud_mode="replace", label="defaults-replace"))
     rows += [hybrid("reward@30%", "reward", matched["30%"]["reward"]),
              hybrid("entropy@30%", "entropy", matched["30%"]["entropy"])]
     rows += [hybrid(f"max_prob@{s}", "max_prob", matched[s]["max_prob"]) for s in ("10%", "20%", "30%")]
