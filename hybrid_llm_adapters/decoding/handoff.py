@@ -62,11 +62,15 @@ class CostGuard:
     def _shared(self, sent: list[int], echo: bool) -> int:
         return 0 if echo and self.echo_uncached else shared_prefix(sent, self.cached)
 
+    def _cache_after(self, sent: list[int], echo: bool) -> list[int]:
+        """What the provider's cache holds after a call whose prompt was ``sent`` (an uncached echo call leaves
+        it as it was)."""
+        return self.cached if echo and self.echo_uncached else sent
+
     def spend(self, sent: list[int], prompt_tokens: int, completion_tokens: int, echo: bool) -> None:
         """Count one answered call whose prompt was ``sent``."""
         self.spent += self._cost(prompt_tokens, completion_tokens, self._shared(sent, echo))
-        if not (echo and self.echo_uncached):
-            self.cached = sent
+        self.cached = self._cache_after(sent, echo)
 
     def _cost(self, prompt_len: int, completion: int, shared: int) -> float:
         prices = self.d.ctx.prices
@@ -102,9 +106,7 @@ class CostGuard:
             return False
         if not self._keeps_handoff or self.spent == 0 or not self.allows_handoff(prefix_len):
             return True
-        # after the call the provider holds its prompt (an uncached echo call leaves the cache as it was)
-        cached_after = self._shared(sent, False) if echo and self.echo_uncached else prefix_len
-        return self._handoff_fits(after, prefix_len + tokens, cached_after)
+        return self._handoff_fits(after, prefix_len + tokens, shared_prefix(sent, self._cache_after(sent, echo)))
 
     @property
     def _keeps_handoff(self) -> bool:
