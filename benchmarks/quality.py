@@ -119,6 +119,10 @@ def summarize_row(run: EvalRun, baselines: dict[str, EvalRun], deployments: Depl
               "threshold": run.config.router.threshold if run.config.system == "hybrid" else None,
               "cloud_mode": run.config.cloud_mode if run.config.system == "hybrid" else None,
               "cloud_calls_per_generated_token": total.cloud_calls / total.generated_tokens
+              if total.generated_tokens else 0.0,
+              # tokens the cloud wrote or confirmed: in block verification the drafts it accepted are the SLM's
+              # (so not in the activation) but the cloud checked them
+              "cloud_decided_share": (total.cloud_tokens + total.accepted_drafts) / total.generated_tokens
               if total.generated_tokens else 0.0})
     for name, base in baselines.items():
         if base is not run:
@@ -249,7 +253,7 @@ def report(runs: dict[str, list[EvalRun]], deployments: Deployments, meta: dict[
                           fmt(r.get("accuracy_vs_cloud_only"), ".0%"),
                           f"{vc['right_only_here']}/{vc['right_only_there']}, p={vc['p']:.3g}" if vc else "-",
                           f"{vs['right_only_here']}/{vs['right_only_there']}, p={vs['p']:.3g}" if vs else "-",
-                          f"{r['activation_ratio']:.1%}", f"{r['cutoff_rate']:.0%}",
+                          f"{r['activation_ratio']:.1%}", f"{r['cloud_decided_share']:.0%}", f"{r['cutoff_rate']:.0%}",
                           fmt(r["cloud_calls_per_generated_token"], ".3f"), fmt(r["tokens_per_s"], ".2f"),
                           fmt(r.get("api_cost_vs_cloud_only")), fmt(r.get("self_hosted_cost_vs_cloud_only"))])
         for label, v in t.items():
@@ -260,7 +264,7 @@ def report(runs: dict[str, list[EvalRun]], deployments: Deployments, meta: dict[
     (RESULTS / "quality.json").write_text(json.dumps(out, indent=2) + "\n")
     write_section("quality", markdown_table(
         ["task", "row", "problems", "accuracy [95% CI]", "/ cloud-only", "vs cloud-only (won/lost, McNemar)",
-         "vs SLM-only (won/lost, McNemar)", "activation (realised)", "cut off", "cloud calls / token", "tok/s here",
+         "vs SLM-only (won/lost, McNemar)", "activation (realised)", "cloud-decided (incl. accepted drafts)", "cut off", "cloud calls / token", "tok/s here",
          "API cost / cloud-only", "self-hosted cost / cloud-only"], table), DOCS_PAGE)
     write_section("quality_router_pairs", markdown_table(
         ["task", "matched cloud share", "problems both answered", "reward right", "entropy right",
