@@ -119,10 +119,6 @@ def summarize_row(run: EvalRun, baselines: dict[str, EvalRun], deployments: Depl
               "threshold": run.config.router.threshold if run.config.system == "hybrid" else None,
               "cloud_mode": run.config.cloud_mode if run.config.system == "hybrid" else None,
               "cloud_calls_per_generated_token": total.cloud_calls / total.generated_tokens
-              if total.generated_tokens else 0.0,
-              # tokens the cloud wrote or confirmed: in block verification the drafts it accepted are the SLM's
-              # (so not in the activation) but the cloud checked them
-              "cloud_decided_share": (total.cloud_tokens + total.accepted_drafts) / total.generated_tokens
               if total.generated_tokens else 0.0})
     for name, base in baselines.items():
         if base is not run:

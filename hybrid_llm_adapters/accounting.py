@@ -76,12 +76,18 @@ class UsageLedger(BaseModel):
         """Cloud-only cost minus hybrid cost; negative when the hybrid cost more."""
         return self.cloud_only_cost_usd - self.cost_usd
 
+    @property
+    def cloud_decided_tokens(self) -> int:
+        """Tokens the cloud supplied or confirmed: block verification's accepted drafts stay local tokens (not
+        in the activation ratio), but the cloud checked them."""
+        return self.accepted_drafts + self.cloud_tokens
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def calls_per_checked_token(self) -> float | None:
-        """Round trips per token the cloud decided: drafts it accepted plus tokens it supplied (1.0 for the
-        reward paper's one-call-per-token rule; below 1 with block verification or lookahead)."""
-        seen = self.accepted_drafts + self.cloud_tokens
+        """Round trips per token the cloud decided (1.0 for the reward paper's one-call-per-token rule; below 1
+        with block verification or lookahead)."""
+        seen = self.cloud_decided_tokens
         return self.cloud_calls / seen if seen else None
 
     def __add__(self, other: UsageLedger) -> UsageLedger:

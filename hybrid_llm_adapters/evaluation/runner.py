@@ -196,6 +196,7 @@ def summarize(records: list[dict[str, Any]], deployments: Deployments | None = N
         "failed_cloud_calls": total.failed_cloud_calls,
         "cloud_calls_per_cloud_token": total.cloud_calls / total.cloud_tokens if total.cloud_tokens else None,
         "cloud_calls_per_cloud_decided_token": total.calls_per_checked_token,
+        "cloud_decided_share": total.cloud_decided_tokens / total.generated_tokens if total.generated_tokens else 0.0,
         "billed_prompt_tokens": total.billed_prompt_tokens,
         "billed_completion_tokens": total.billed_completion_tokens,
         "api_cost_usd": sum(api_cost(x, dep.api) for x in ledgers),

@@ -136,6 +136,7 @@ def test_summarize_reports_accuracy_interval_activation_and_overhead() -> None:
     s = summarize([_record("a", True, 2, 2, 1.0), _record("b", False, 4, 4, 3.0, "length")], Deployments())
     assert s["problems"] == 2 and s["accuracy"] == 0.5 and s["accuracy_ci95"][0] < 0.5 < s["accuracy_ci95"][1]
     assert s["activation_ratio"] == pytest.approx(6 / 20) and s["cutoff_rate"] == 0.5
+    assert s["cloud_decided_share"] == pytest.approx(6 / 20)  # no drafts accepted: the cloud decided its own tokens
     assert s["tokens_per_s"] == pytest.approx(20 / 4.0)
     assert s["loop_overhead_fraction"] == pytest.approx(0.1)
     assert s["cloud_calls_per_cloud_token"] == pytest.approx(1.0)
