@@ -54,7 +54,7 @@ AGENT_THRESHOLD = {"threshold": FIRST_ENTROPY_THRESHOLD}
 SYSTEMS = {"hybrid": AGENT_THRESHOLD, "hybrid-t0.27": {"threshold": 0.27},
            "hybrid-nodecision": {**AGENT_THRESHOLD, "generation_options": {"decision_tokens": 0}},
            **{f"hybrid-decision{n}": {**AGENT_THRESHOLD, "generation_options": {"decision_tokens": n}}
-              for n in (1, 16, 32)},
+              for n in (1, 4, 16, 32)},
            "cloud": {"router": "cloud"}, "slm": {"router": "local"}}
 FRAMEWORKS = ("langchain", "llamaindex")
 MAX_TOKENS = 256  # per turn: 96 cut verbose answers off before their number (docs/agents.md)
